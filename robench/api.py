@@ -1,0 +1,40 @@
+"""The plugin API in one import: base classes and helpers for writing plugins.
+
+    from robench.api import Attack, Defense, Model, Dataset, Params, ThreatModel
+"""
+
+from robench.attack import Attack, Crafted, attack_mode, craft
+from robench.dataset import Data, Dataset, DatasetInfo
+from robench.defense import Defense, TrainContext
+from robench.errors import ConfigError, ContractError, PluginError
+from robench.model import Model, Normalize
+from robench.plugin import NoParams, Params, Plugin
+from robench.specs import AttackSpec, Epsilon, NormName
+from robench.threat import ThreatModel
+from robench.training import TrainingConfig, train_loop
+
+__all__ = [
+    "Attack",
+    "AttackSpec",
+    "ConfigError",
+    "ContractError",
+    "Crafted",
+    "Data",
+    "Dataset",
+    "DatasetInfo",
+    "Defense",
+    "Epsilon",
+    "Model",
+    "NoParams",
+    "NormName",
+    "Normalize",
+    "Params",
+    "PluginError",
+    "Plugin",
+    "ThreatModel",
+    "TrainContext",
+    "TrainingConfig",
+    "attack_mode",
+    "craft",
+    "train_loop",
+]

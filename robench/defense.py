@@ -1,0 +1,47 @@
+"""The defense contract: turn a fresh model and a training set into a trained model."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch import nn
+
+from robench.dataset import Data, DatasetInfo
+from robench.plugin import Plugin
+from robench.training import ProgressFn, TrainingConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robench.attack import Attack
+    from robench.specs import AttackSpec
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """Everything a defense gets besides the model and the data."""
+
+    training: TrainingConfig
+    device: torch.device
+    seed: int
+    info: DatasetInfo
+    #: build a registered attack from a spec (e.g. a defense's inner ``attack`` parameter)
+    make_attack: Callable[[AttackSpec], Attack]
+    #: called after each epoch with (epoch, epochs, mean loss)
+    progress: ProgressFn | None = None
+
+
+class Defense(Plugin):
+    """Base class of defense plugins. Subclasses implement :meth:`fit`."""
+
+    kind: ClassVar[str] = "defense"
+
+    @abstractmethod
+    def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
+        """Train ``model`` (freshly built, on the CPU) on ``train``; return the model to score.
+
+        The returned module may wrap ``model`` (e.g. with an input transformation). It must map
+        [0, 1] images to logits on ``ctx.device``.
+        """

@@ -1,0 +1,14 @@
+"""Built-in defenses, registered through the same hook a third-party plugin uses."""
+
+from robench import hookimpl
+
+
+@hookimpl
+def robench_register_defenses(register):
+    from robench.defenses.adversarial import AdversarialTraining
+    from robench.defenses.mixed import MixedTraining
+    from robench.defenses.standard import StandardTraining
+
+    register(StandardTraining)
+    register(AdversarialTraining)
+    register(MixedTraining)

@@ -1,0 +1,72 @@
+"""Hook specifications: the whole plugin API of robench.
+
+A plugin is any module or object with functions marked ``@robench.hookimpl`` whose names are
+among these. Each hook receives a ``register`` callable; call it once per class you provide::
+
+    import robench
+    from robench.api import Attack
+
+    class MyAttack(Attack):
+        name = "my-attack"
+        ...
+
+    @robench.hookimpl
+    def robench_register_attacks(register):
+        register(MyAttack)
+
+Installed plugins are found through the ``robench`` entry-point group
+(``[project.entry-points.robench] my_plugin = "my_package.plugin"``). Names must be unique
+across all plugins: a clash is an error naming both plugins. Hooks are always called with
+keyword arguments, so new arguments may be added to a spec without breaking implementations
+that take fewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robench.api import Attack, Dataset, Defense, Model
+
+hookspec = pluggy.HookspecMarker("robench")
+
+
+@hookspec
+def robench_register_attacks(register: Callable[[type[Attack]], None]) -> None:
+    """Register attack classes (subclasses of :class:`robench.api.Attack`).
+
+    An attack crafts adversarial examples for a model inside a threat model (norm, ε, bounds).
+    The framework enforces the contract around it (eval mode, no weight gradients, projection
+    into the ε-ball and bounds), so an attack only implements ``run``.
+    """
+
+
+@hookspec
+def robench_register_defenses(register: Callable[[type[Defense]], None]) -> None:
+    """Register defense classes (subclasses of :class:`robench.api.Defense`).
+
+    A defense turns a freshly built model and a training set into a trained (possibly wrapped)
+    model, e.g. by adversarial training. Training settings come from the benchmark file.
+    """
+
+
+@hookspec
+def robench_register_models(register: Callable[[type[Model]], None]) -> None:
+    """Register model classes (subclasses of :class:`robench.api.Model`).
+
+    A model plugin builds a ``torch.nn.Module`` for a dataset's input shape and number of
+    classes. The module takes images in [0, 1] and returns logits; any input normalisation
+    lives inside it.
+    """
+
+
+@hookspec
+def robench_register_datasets(register: Callable[[type[Dataset]], None]) -> None:
+    """Register dataset classes (subclasses of :class:`robench.api.Dataset`).
+
+    A dataset plugin loads a train and a test split as float images in [0, 1] (N×C×H×W) and
+    integer labels, and describes its shape, classes and normalisation statistics.
+    """

@@ -1,0 +1,51 @@
+"""The model contract: build an ``nn.Module`` mapping [0, 1] images to logits."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from robench.dataset import DatasetInfo
+from robench.errors import ConfigError
+from robench.plugin import Plugin
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x − mean) / std``: the first layer of every built-in model."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(list(mean)).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(list(std)).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class Model(Plugin):
+    """Base class of model plugins. Subclasses implement :meth:`build`."""
+
+    kind: ClassVar[str] = "model"
+    #: input shapes (C, H, W) this model accepts; None means any
+    input_shapes: ClassVar[tuple[tuple[int, int, int], ...] | None] = None
+
+    def check(self, info: DatasetInfo) -> None:
+        """Raise :class:`ConfigError` if this model cannot take the dataset's inputs."""
+        if self.input_shapes is not None and info.shape not in self.input_shapes:
+            shapes = " or ".join("×".join(map(str, s)) for s in self.input_shapes)
+            got = "×".join(map(str, info.shape))
+            raise ConfigError(
+                f"model {self.name!r} takes {shapes} inputs, but dataset {info.name!r} "
+                f"has {got}"
+            )
+
+    @abstractmethod
+    def build(self, info: DatasetInfo) -> nn.Module:
+        """Return a fresh module for ``info``: [0, 1] images in, logits out.
+
+        Put the input normalisation inside (e.g. with :class:`Normalize`).
+        """

@@ -1,0 +1,64 @@
+"""Small typed values shared by the benchmark format and plugins' parameters."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from robench.threat import Norm
+
+_FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+_NORM_ALIASES = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2"}
+
+
+def parse_eps(value: Any) -> Any:
+    """Accept a number or a fraction string such as ``"8/255"``."""
+    if isinstance(value, str):
+        m = _FRACTION.match(value)
+        if not m:
+            raise ValueError(f"expected a number or a fraction like '8/255', got {value!r}")
+        return float(m.group(1)) / float(m.group(2))
+    return value
+
+
+def parse_norm(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in _NORM_ALIASES:
+        return _NORM_ALIASES[value.strip().lower()]
+    return value
+
+
+#: A perturbation budget: a non-negative number, or a fraction string like "8/255".
+Epsilon = Annotated[float, BeforeValidator(parse_eps), Field(ge=0, allow_inf_nan=False)]
+#: "linf" or "l2" (also accepted: "inf", "Linf", "L2").
+NormName = Annotated[Norm, BeforeValidator(parse_norm)]
+
+
+class AttackSpec(BaseModel):
+    """A registered attack with one budget, e.g. a defense's inner attack::
+
+        attack = { name = "pgd", norm = "linf", eps = 0.3, steps = 10 }
+
+    Every key besides ``name``, ``norm`` and ``eps`` is a parameter of the attack.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    norm: NormName = "linf"
+    eps: Epsilon
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_params(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "params" not in data:
+            known = {"name", "norm", "eps"}
+            params = {k: v for k, v in data.items() if k not in known}
+            data = {k: v for k, v in data.items() if k in known} | {"params": params}
+        return data
+
+    def describe(self) -> str:
+        extra = "".join(f", {k}={v}" for k, v in self.params.items())
+        return f"{self.name}({self.norm}, eps={self.eps:g}{extra})"

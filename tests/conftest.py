@@ -1,0 +1,30 @@
+"""Shared fixtures: the offline data root and small helpers."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path:
+    env = os.environ.get("ROBENCH_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The data root holding real MNIST and the CIFAR-10 pieces (../shared/data here)."""
+    root = _data_root()
+    if not (root / "MNIST" / "raw").is_dir():
+        pytest.skip(f"no offline data under {root} (set ROBENCH_DATA)")
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests see only the built-ins and the plugins they install themselves.
+    monkeypatch.setenv("ROBENCH_DATA", str(_data_root()))
