@@ -17,7 +17,7 @@ import pluggy
 
 __version__ = "0.1.0"
 
-#: Marker for hook implementations: ``@robench.hookimpl def robench_register_attacks(register): ...``
+#: Marks hook implementations: ``@robench.hookimpl def robench_register_attacks(register): ...``
 hookimpl = pluggy.HookimplMarker("robench")
 
 if TYPE_CHECKING:  # pragma: no cover

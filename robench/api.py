@@ -1,6 +1,6 @@
 """The plugin API in one import: base classes and helpers for writing plugins.
 
-    from robench.api import Attack, Defense, Model, Dataset, Params, ThreatModel
+from robench.api import Attack, Defense, Model, Dataset, Params, ThreatModel
 """
 
 from robench.attack import Attack, Crafted, attack_mode, craft
@@ -29,8 +29,8 @@ __all__ = [
     "NormName",
     "Normalize",
     "Params",
-    "PluginError",
     "Plugin",
+    "PluginError",
     "ThreatModel",
     "TrainContext",
     "TrainingConfig",

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from robench.dataset import Data, DatasetInfo
 from robench.plugin import Plugin
-from robench.training import ProgressFn, TrainingConfig
+from robench.training import LossFn, ProgressFn, TrainingConfig, train_loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from robench.attack import Attack
@@ -31,6 +32,22 @@ class TrainContext:
     make_attack: Callable[[AttackSpec], Attack]
     #: called after each epoch with (epoch, epochs, mean loss)
     progress: ProgressFn | None = None
+
+    def train(self, model: nn.Module, data: Data, loss: LossFn) -> nn.Module:
+        """Run :func:`robench.training.train_loop` with this context's settings."""
+        return train_loop(
+            model,
+            data,
+            self.training,
+            loss,
+            device=self.device,
+            seed=self.seed,
+            progress=self.progress,
+        )
+
+    def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with the configured label smoothing."""
+        return F.cross_entropy(logits, y, label_smoothing=self.training.label_smoothing)
 
 
 class Defense(Plugin):

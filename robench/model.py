@@ -39,8 +39,7 @@ class Model(Plugin):
             shapes = " or ".join("×".join(map(str, s)) for s in self.input_shapes)
             got = "×".join(map(str, info.shape))
             raise ConfigError(
-                f"model {self.name!r} takes {shapes} inputs, but dataset {info.name!r} "
-                f"has {got}"
+                f"model {self.name!r} takes {shapes} inputs, but dataset {info.name!r} has {got}"
             )
 
     @abstractmethod

@@ -29,6 +29,9 @@ class Plugin:
     name: ClassVar[str]
     kind: ClassVar[str] = "plugin"
     Params: ClassVar[type[Params]] = NoParams
+    #: parameters that make a working instance, for plugins with required parameters: used by
+    #: robench's contract tests (which run every registered plugin) and shown as an example
+    example_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Params | None = None, /, **kwargs: Any) -> None:
         if params is not None and kwargs:

@@ -89,20 +89,26 @@ class Registry:
         return name in self._by_kind[kind]
 
 
-def unknown_name_message(kind: str, name: object, known: list[str]) -> str:
+def did_you_mean(name: object, known: list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known``, or ``""``."""
     close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
     lowered = [k for k in known if k.lower() == str(name).lower()]
     close = lowered + [c for c in close if c not in lowered]
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def unknown_name_message(kind: str, name: object, known: list[str]) -> str:
     listing = ", ".join(known) if len(known) <= 12 else f"{len(known)} names (robench list)"
-    return f"unknown {kind} {name!r}{hint} (known: {listing})"
+    return f"unknown {kind} {name!r}{did_you_mean(name, known)} (known: {listing})"
 
 
-def _plugin_manager(entry_points: bool) -> pluggy.PluginManager:
+def _plugin_manager(entry_points: bool, plugins: Iterable[object]) -> pluggy.PluginManager:
     pm = pluggy.PluginManager("robench")
     pm.add_hookspecs(hookspecs)
     for modname in BUILTINS:
         pm.register(importlib.import_module(modname), name=modname)
+    for plugin in plugins:
+        pm.register(plugin)
     if entry_points and os.environ.get("ROBENCH_DISABLE_PLUGINS", "") not in ("1", "true"):
         blocked = _env_list("ROBENCH_BLOCK_PLUGINS")
         for name in blocked:
@@ -160,7 +166,7 @@ def collect(pm: pluggy.PluginManager) -> Registry:
 def _add(entries, kind: Kind, base: type, cls: Any, plugin: str, dist: str, version: str) -> None:
     where = f"plugin {plugin!r} ({dist} {version})".rstrip()
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise PluginError(f"{where} registered {cls!r} as a {kind}, but it is not a {base.__name__}")
+        raise PluginError(f"{where} registered {cls!r} as a {kind}, but it is no {base.__name__}")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not _NAME.match(name):
         raise PluginError(
@@ -177,9 +183,11 @@ def _add(entries, kind: Kind, base: type, cls: Any, plugin: str, dist: str, vers
     entries[key] = Entry(kind, name, cls, plugin, dist, version)
 
 
-def build_registry(*, entry_points: bool = True) -> Registry:
-    """Build a fresh registry (built-ins plus, unless disabled, installed plugins)."""
-    return collect(_plugin_manager(entry_points))
+def build_registry(*, entry_points: bool = True, plugins: Iterable[object] = ()) -> Registry:
+    """Build a fresh registry: the built-ins, installed plugins (unless ``entry_points`` is
+    False) and ``plugins`` (modules or objects with hook implementations, e.g. in a notebook).
+    """
+    return collect(_plugin_manager(entry_points, plugins))
 
 
 @functools.cache

@@ -26,5 +26,5 @@ def data_root() -> Path:
 
 @pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Tests see only the built-ins and the plugins they install themselves.
+    # Datasets read the offline data root unless a test says otherwise.
     monkeypatch.setenv("ROBENCH_DATA", str(_data_root()))

@@ -1,0 +1,408 @@
+"""The TOML benchmark format: parsing and complete validation before anything trains.
+
+A benchmark file looks like::
+
+    name = "quickstart"
+    seed = 0
+    output_dir = "../results/quickstart"   # relative to this file
+
+    [dataset]
+    name = "digits"                        # other keys: the dataset's parameters
+
+    [model]
+    name = "small-cnn"
+
+    [training]                             # defaults for every defense
+    epochs = 10
+    lr = 1e-3
+
+    [evaluation]
+    n_examples = 360
+
+    [[defenses]]
+    name = "adversarial"
+    label = "pgd-at"                       # optional, unique; defaults to name
+    training = { epochs = 15 }             # optional overrides of [training]
+    attack = { name = "pgd", eps = 0.1, steps = 7 }
+
+    [[attacks]]
+    name = "pgd"
+    norm = "linf"
+    eps = [0.05, 0.1, "8/255"]
+    steps = 20                             # other keys: the attack's parameters
+
+Every error is raised as one :class:`~robench.errors.ConfigError` line naming the file and
+field, e.g. ``quickstart.toml: defenses[1].attack.steps: must be >= 1 (got 0)``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from robench.errors import ConfigError
+from robench.plugin import Params
+from robench.registry import Entry, Kind, Registry, did_you_mean, get_registry
+from robench.specs import AttackSpec, Epsilon, NormName
+from robench.training import TrainingConfig
+
+_Strict = ConfigDict(extra="forbid")
+_WithParams = ConfigDict(extra="allow")
+
+
+class EvaluationConfig(BaseModel):
+    """The ``[evaluation]`` table."""
+
+    model_config = _Strict
+
+    n_examples: int | None = Field(
+        1000, ge=1, description="test examples scored (a seeded random subset); all if unset"
+    )
+    batch_size: int = Field(500, ge=1)
+
+
+class _PluginTable(BaseModel):
+    model_config = _WithParams
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class _DefenseTable(_PluginTable):
+    label: str | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+    model: _PluginTable | None = None
+
+
+class _AttackTable(_PluginTable):
+    label: str | None = None
+    norm: NormName = "linf"
+    eps: list[Epsilon] = Field(min_length=1)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return v if isinstance(v, list) else [v]
+
+
+class _File(BaseModel):
+    model_config = _Strict
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    description: str = ""
+    seed: int = 0
+    output_dir: str | None = None
+    dataset: _PluginTable
+    model: _PluginTable
+    training: dict[str, Any] = Field(default_factory=dict)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    defenses: list[_DefenseTable] = Field(min_length=1)
+    attacks: list[_AttackTable] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PluginUse:
+    """A validated reference to a registered plugin with its parameters."""
+
+    entry: Entry
+    params: Params
+
+    def instantiate(self, *args: Any) -> Any:
+        return self.entry.cls(*args, self.params)
+
+
+@dataclass(frozen=True)
+class DefenseUse(PluginUse):
+    label: str = ""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    #: the model this defense trains (the benchmark's ``[model]`` unless overridden)
+    model: PluginUse | None = None
+
+
+@dataclass(frozen=True)
+class AttackUse(PluginUse):
+    label: str = ""
+    norm: str = "linf"
+    eps: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A fully validated benchmark."""
+
+    name: str
+    description: str
+    seed: int
+    source: Path | None
+    output_dir: Path
+    dataset: PluginUse
+    model: PluginUse
+    training: TrainingConfig
+    evaluation: EvaluationConfig
+    defenses: tuple[DefenseUse, ...]
+    attacks: tuple[AttackUse, ...]
+    raw: dict[str, Any]
+
+    def resolved(self) -> dict[str, Any]:
+        """The configuration with every default filled in (for provenance)."""
+
+        def plug(u: PluginUse) -> dict[str, Any]:
+            return {"name": u.entry.name, **u.params.model_dump(mode="json")}
+
+        return {
+            "name": self.name,
+            "description": self.description,
+            "seed": self.seed,
+            "output_dir": str(self.output_dir),
+            "dataset": plug(self.dataset),
+            "model": plug(self.model),
+            "training": self.training.model_dump(mode="json"),
+            "evaluation": self.evaluation.model_dump(mode="json"),
+            "defenses": [
+                {
+                    "label": d.label,
+                    **plug(d),
+                    "model": plug(d.model or self.model),
+                    "training": d.training.model_dump(mode="json"),
+                }
+                for d in self.defenses
+            ],
+            "attacks": [
+                {"label": a.label, **plug(a), "norm": a.norm, "eps": list(a.eps)}
+                for a in self.attacks
+            ],
+        }
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"benchmark file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", source=str(path)) from None
+
+
+def _loc(parts: tuple[Any, ...]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def _message(err: dict[str, Any]) -> str:
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if err["type"] == "missing":
+        return "required but missing"
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    if "input" in err and err["type"] not in ("model_type", "dict_type"):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def _raise(
+    exc: ValidationError, prefix: str, source: str | None, owner: str, known: list[str]
+) -> None:
+    errors = exc.errors()
+    err = errors[0]
+    loc = _loc(err["loc"])
+    where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
+    msg = _message(err)
+    if err["type"] == "extra_forbidden":
+        key = err["loc"][-1]
+        accepted = ", ".join(known) if known else "none"
+        msg = f"{owner} has no key {key!r}{did_you_mean(key, known)} (accepted: {accepted})"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise ConfigError(msg + more, field=where, source=source) from None
+
+
+class _Validator:
+    def __init__(self, registry: Registry, source: str | None, base_dir: Path) -> None:
+        self.registry = registry
+        self.source = source
+        self.context = {"base_dir": base_dir, "registry": registry}
+
+    def entry(self, kind: Kind, name: str, where: str) -> Entry:
+        try:
+            return self.registry.get(kind, name)
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, field=f"{where}.name", source=self.source) from None
+
+    def params(self, entry: Entry, raw: dict[str, Any], where: str) -> Params:
+        cls = entry.cls.Params
+        try:
+            params = cls.model_validate(raw, context=self.context)
+        except ValidationError as exc:
+            owner = f"{entry.kind} {entry.name!r}"
+            _raise(exc, where, self.source, owner, list(cls.model_fields))
+        for fname in cls.model_fields:
+            value = getattr(params, fname)
+            if isinstance(value, AttackSpec):
+                self.attack_spec(value, f"{where}.{fname}")
+        return params
+
+    def attack_spec(self, spec: AttackSpec, where: str) -> None:
+        entry = self.entry("attack", spec.name, where)
+        self.norm(entry, spec.norm, where)
+        self.params(entry, spec.params, where)
+
+    def norm(self, entry: Entry, norm: str, where: str) -> None:
+        if norm not in entry.cls.norms:
+            raise ConfigError(
+                f"attack {entry.name!r} does not support norm {norm!r} "
+                f"(supports {', '.join(entry.cls.norms)})",
+                field=f"{where}.norm",
+                source=self.source,
+            )
+
+    def training(self, base: dict[str, Any], override: dict[str, Any], where: str):
+        try:
+            return TrainingConfig.model_validate({**base, **override})
+        except ValidationError as exc:
+            loc = exc.errors()[0]["loc"]
+            in_override = bool(loc) and loc[0] in override
+            prefix = where if in_override else "training"
+            _raise(exc, prefix, self.source, "[training]", list(TrainingConfig.model_fields))
+
+
+def _unique(labels: list[str], what: str, source: str | None) -> None:
+    seen: set[str] = set()
+    for i, label in enumerate(labels):
+        if label in seen:
+            raise ConfigError(
+                f"label {label!r} is used twice; give each entry a distinct label",
+                field=f"{what}[{i}].label",
+                source=source,
+            )
+        seen.add(label)
+
+
+def load_benchmark(
+    config: str | Path | dict[str, Any],
+    *,
+    registry: Registry | None = None,
+    data_root: Path | None = None,
+    output_dir: str | Path | None = None,
+    check_data: bool = True,
+) -> Benchmark:
+    """Parse and validate a benchmark (a TOML path or a dict) completely.
+
+    Relative paths inside the file resolve against the file's folder (for a dict: the current
+    directory). With ``check_data`` the dataset's files are checked under ``data_root`` and the
+    model is checked against the dataset's shape.
+    """
+    registry = registry or get_registry()
+    if isinstance(config, dict):
+        raw, path, source = config, None, None
+        base_dir = Path.cwd()
+    else:
+        path = Path(config)
+        raw, source = read_toml(path), str(path)
+        base_dir = path.resolve().parent
+    try:
+        f = _File.model_validate(raw)
+    except ValidationError as exc:
+        _raise(exc, "", source, "a benchmark file", list(_File.model_fields))
+    v = _Validator(registry, source, base_dir)
+
+    dataset_entry = v.entry("dataset", f.dataset.name, "dataset")
+    dataset = PluginUse(dataset_entry, v.params(dataset_entry, f.dataset.params(), "dataset"))
+    model_entry = v.entry("model", f.model.name, "model")
+    model = PluginUse(model_entry, v.params(model_entry, f.model.params(), "model"))
+    training = v.training(f.training, {}, "training")
+
+    defenses = []
+    for i, d in enumerate(f.defenses):
+        where = f"defenses[{i}]"
+        entry = v.entry("defense", d.name, where)
+        own_model = model
+        if d.model is not None:
+            m_entry = v.entry("model", d.model.name, f"{where}.model")
+            own_model = PluginUse(m_entry, v.params(m_entry, d.model.params(), f"{where}.model"))
+        defenses.append(
+            DefenseUse(
+                entry,
+                v.params(entry, d.params(), where),
+                label=d.label or d.name,
+                training=v.training(f.training, d.training, f"{where}.training"),
+                model=own_model,
+            )
+        )
+    _unique([d.label for d in defenses], "defenses", source)
+
+    attacks = []
+    for i, a in enumerate(f.attacks):
+        where = f"attacks[{i}]"
+        entry = v.entry("attack", a.name, where)
+        v.norm(entry, a.norm, where)
+        attacks.append(
+            AttackUse(
+                entry,
+                v.params(entry, a.params(), where),
+                label=a.label or a.name,
+                norm=a.norm,
+                eps=tuple(a.eps),
+            )
+        )
+    _unique([a.label for a in attacks], "attacks", source)
+
+    if output_dir is not None:
+        out = Path(output_dir)
+    elif f.output_dir is not None:
+        out = base_dir / f.output_dir
+    else:
+        out = Path.cwd() / "results" / f.name
+
+    bench = Benchmark(
+        name=f.name,
+        description=f.description,
+        seed=f.seed,
+        source=path,
+        output_dir=out,
+        dataset=dataset,
+        model=model,
+        training=training,
+        evaluation=f.evaluation,
+        defenses=tuple(defenses),
+        attacks=tuple(attacks),
+        raw=raw,
+    )
+    if check_data:
+        check_data_and_model(bench, data_root or default_data_root(), source)
+    return bench
+
+
+def check_data_and_model(bench: Benchmark, root: Path, source: str | None = None):
+    """Check that the dataset can be read and the model accepts it; return the DatasetInfo."""
+    ds = bench.dataset.instantiate()
+    try:
+        ds.check(root)
+        info = ds.info(root)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, field=exc.field or "dataset", source=source) from None
+    uses = [("model", bench.model)] + [
+        (f"defenses[{i}].model", d.model) for i, d in enumerate(bench.defenses) if d.model
+    ]
+    for where, use in uses:
+        try:
+            use.instantiate().check(info)
+        except ConfigError as exc:
+            raise ConfigError(exc.detail, field=exc.field or where, source=source) from None
+    return info
+
+
+def default_data_root() -> Path:
+    """``$ROBENCH_DATA`` if set, else ``~/.cache/robench/data``."""
+    import os
+
+    env = os.environ.get("ROBENCH_DATA")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "robench" / "data"

@@ -1,0 +1,44 @@
+"""Adversarial training à la Madry et al. (2018): train on adversarial examples only."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from robench.attack import craft
+from robench.dataset import Data
+from robench.defense import Defense, TrainContext
+from robench.plugin import Params
+from robench.specs import AttackSpec
+
+
+class AdversarialTraining(Defense):
+    """Adversarial training (Madry et al. 2018): minimise the loss on attacked examples only.
+
+    The inner attack is any registered attack, e.g. PGD-AT::
+
+        [[defenses]]
+        name = "adversarial"
+        attack = { name = "pgd", norm = "linf", eps = 0.3, steps = 10 }
+
+    or Fast AT (Wong et al. 2020): ``attack = { name = "fgsm", eps = 0.031, random_start = true }``
+    with ``training.schedule = "cyclic"``. Examples are crafted with the model in eval mode and
+    without weight gradients (the attack contract), then the model trains on them.
+    """
+
+    name = "adversarial"
+
+    example_params: ClassVar[dict[str, Any]] = {"attack": {"name": "fgsm", "eps": 0.1}}
+
+    class Params(Params):
+        attack: AttackSpec
+
+    def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
+        attack = ctx.make_attack(self.params.attack)
+
+        def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return ctx.cross_entropy(m(craft(attack, m, x, y).x_adv), y)
+
+        return ctx.train(model, train, loss)

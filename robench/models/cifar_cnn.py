@@ -1,0 +1,37 @@
+"""The small CNN of the PyTorch CIFAR-10 FGSM tutorial."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from torch import nn
+
+from robench.dataset import DatasetInfo
+from robench.model import Model
+from robench.models.small import input_layers
+from robench.plugin import Params
+
+
+class CifarCNN(Model):
+    """Two-conv CIFAR CNN with dropout from the PyTorch FGSM tutorial (3×32×32 inputs)."""
+
+    name = "cifar-cnn"
+    input_shapes = ((3, 32, 32),)
+
+    class Params(Params):
+        normalize: bool = Field(True, description="standardise inputs with the dataset's mean/std")
+
+    def build(self, info: DatasetInfo) -> nn.Module:
+        return nn.Sequential(
+            *input_layers(info, self.params.normalize),
+            nn.Conv2d(3, 32, 3),  # 32 → 30
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3),  # → 28
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # → 14
+            nn.Dropout(0.25),
+            nn.Flatten(),  # 64·14·14 = 12,544
+            nn.Linear(64 * 14 * 14, 128),
+            nn.ReLU(),
+            nn.Dropout(0.5),
+            nn.Linear(128, info.num_classes),
+        )

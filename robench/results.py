@@ -1,0 +1,78 @@
+"""The results table: its columns, and writing it (CSV plus JSON provenance) as it grows."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+#: Columns of a results table, in order. One row per defense × attack × ε, plus for each
+#: defense a ``clean`` row and, per norm and ε, a ``worst-case`` row (per-example minimum over
+#: every attack at that budget).
+COLUMNS = (
+    "benchmark",
+    "defense",
+    "defense_plugin",
+    "model",
+    "kind",  # "clean" | "attack" | "worst-case"
+    "attack",
+    "attack_plugin",
+    "norm",
+    "eps",
+    "n_examples",
+    "n_correct",
+    "accuracy",
+    "clean_accuracy",
+    "n_violations",
+    "max_violation",
+    "seconds",
+    "train_seconds",
+    "seed",
+    "attacks",  # worst-case rows: the attacks combined
+    "status",  # "ok" | "error"
+    "error",
+)
+
+
+def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+    for c in ("eps", "accuracy", "clean_accuracy", "max_violation", "seconds", "train_seconds"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    for c in ("n_examples", "n_correct", "n_violations", "seed"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    return df
+
+
+def read_results(path: str | Path) -> pd.DataFrame:
+    """Read a results CSV written by robench, with numeric columns typed."""
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    missing = [c for c in ("defense", "kind", "norm", "eps", "accuracy") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: not a robench results table (missing {', '.join(missing)})")
+    return to_frame(df.to_dict("records"))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class ResultsWriter:
+    """Writes ``results.csv`` and ``results.json`` into a folder after every change."""
+
+    def __init__(self, out_dir: Path, provenance: dict[str, Any]) -> None:
+        self.dir = out_dir
+        self.csv = out_dir / "results.csv"
+        self.json = out_dir / "results.json"
+        self.provenance = provenance
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def write(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        df = to_frame(rows)
+        _atomic_write(self.csv, df.to_csv(index=False))
+        _atomic_write(self.json, json.dumps(self.provenance, indent=2, default=str) + "\n")
+        return df

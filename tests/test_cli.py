@@ -1,0 +1,112 @@
+"""Every command through click's test runner."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from robench.cli import main
+
+from .helpers import tiny_config
+
+COMMANDS = ["run", "validate", "list", "leaderboard"]
+
+
+@pytest.mark.parametrize("command", [[], *[[c] for c in COMMANDS]])
+def test_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from robench.cli import main; sys.argv=['robench','--help']\n"
+    code += "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    code += "assert 'torch' not in sys.modules and 'pandas' not in sys.modules, 'heavy import'"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_version():
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0 and "0.1.0" in result.output
+
+
+def test_list_plain_and_json():
+    result = CliRunner().invoke(main, ["list"])
+    assert result.exit_code == 0
+    for heading in ("datasets:", "models:", "defenses:", "attacks:"):
+        assert heading in result.output
+    rows = json.loads(CliRunner().invoke(main, ["list", "--json"]).output)
+    assert {"kind", "name", "plugin", "distribution", "version", "description"} <= set(rows[0])
+
+
+def _toml(tmp_path, **overrides) -> str:
+    """Write tiny_config as TOML (tomllib has no writer; the structure is simple)."""
+    c = tiny_config(tmp_path, **overrides)
+
+    def value(v):
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
+        if isinstance(v, bool):
+            return str(v).lower()
+        return repr(v)
+
+    lines = [f"{k} = {value(c[k])}" for k in ("name", "seed", "output_dir")]
+    for table in ("dataset", "model", "training", "evaluation"):
+        lines.append(f"[{table}]")
+        lines += [f"{k} = {value(v)}" for k, v in c[table].items()]
+    for array in ("defenses", "attacks"):
+        for item in c[array]:
+            lines.append(f"[[{array}]]")
+            lines += [f"{k} = {value(v)}" for k, v in item.items()]
+    path = tmp_path / "tiny.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_validate_run_and_leaderboard(tmp_path):
+    path = _toml(
+        tmp_path,
+        defenses=[
+            {"name": "standard"},
+            {"name": "adversarial", "label": "fgsm-at", "attack": {"name": "fgsm", "eps": 0.2}},
+        ],
+    )
+
+    result = CliRunner().invoke(main, ["validate", path])
+    assert result.exit_code == 0, result.output
+    assert "ok (2 defenses × 4 attack budgets" in result.output
+
+    out = tmp_path / "elsewhere"
+    result = CliRunner().invoke(main, ["run", path, "--output-dir", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "fgsm linf 0.1" in result.output and "fgsm-at" in result.output
+    assert (out / "results.csv").is_file() and (out / "results.json").is_file()
+
+    board_csv = tmp_path / "board.csv"
+    result = CliRunner().invoke(main, ["leaderboard", str(out), "-o", str(board_csv)])
+    assert result.exit_code == 0, result.output
+    board = pd.read_csv(board_csv)
+    assert list(board["rank"]) == [1, 2]
+    assert set(board["defense"]) == {"standard", "fgsm-at"}
+    assert board["robust_accuracy"].is_monotonic_decreasing
+    assert (board["ranked_at"] == "linf 0.2").all()
+    assert {"clean_accuracy", "robust linf 0.1", "robust linf 0.2", "strongest_attack"} <= set(
+        board.columns
+    )
+
+    result = CliRunner().invoke(main, ["leaderboard", str(out), "--eps", "0.1"])
+    assert result.exit_code == 0 and "linf 0.1" in result.output
+    result = CliRunner().invoke(main, ["leaderboard", str(out), "--eps", "0.3"])
+    assert result.exit_code == 2 and "no worst-case results at linf 0.3" in result.output
+    result = CliRunner().invoke(main, ["leaderboard", str(tmp_path)])
+    assert result.exit_code == 2 and "no results.csv" in result.output

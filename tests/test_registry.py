@@ -1,0 +1,205 @@
+"""The plugin registry: built-ins, entry-point discovery, duplicates and broken plugins."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import robench
+from robench import hookspecs
+from robench.api import Attack
+from robench.cli import main
+from robench.errors import PluginError
+from robench.registry import KINDS, build_registry, get_registry
+
+PLUGIN_SOURCE = '''
+"""A tiny third-party robench plugin: one attack."""
+import torch
+import robench
+from robench.api import Attack
+
+
+class SignNoise(Attack):
+    """Random ±ε sign noise (a test plugin)."""
+
+    name = "tiny-sign-noise"
+
+    def run(self, model, x, y):
+        return x + self.threat.eps * torch.randn_like(x).sign()
+
+
+@robench.hookimpl
+def robench_register_attacks(register):
+    register(SignNoise)
+'''
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """A real distribution, 'robench-tiny-plugin', built and installed into a folder."""
+    root = tmp_path_factory.mktemp("plugin")
+    pkg = root / "src"
+    (pkg / "robench_tiny_plugin").mkdir(parents=True)
+    (pkg / "robench_tiny_plugin" / "__init__.py").write_text(PLUGIN_SOURCE)
+    (pkg / "pyproject.toml").write_text(
+        textwrap.dedent(
+            """
+            [build-system]
+            requires = ["setuptools"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "robench-tiny-plugin"
+            version = "0.0.1"
+
+            [project.entry-points.robench]
+            tiny = "robench_tiny_plugin"
+            """
+        )
+    )
+    site = root / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--target",
+            str(site),
+            str(pkg),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return site
+
+
+@pytest.fixture
+def installed(plugin_site, monkeypatch):
+    """Make the tiny plugin importable and discoverable for one test."""
+    monkeypatch.syspath_prepend(str(plugin_site))
+    get_registry.cache_clear()
+    yield plugin_site
+    sys.modules.pop("robench_tiny_plugin", None)
+    get_registry.cache_clear()
+
+
+def test_builtins_are_registered_through_the_hooks():
+    reg = build_registry(entry_points=False)
+    assert {"fgsm", "pgd"} <= set(reg.names("attack"))
+    assert {"standard", "adversarial", "mixed"} <= set(reg.names("defense"))
+    assert {"small-cnn", "mnist-cnn", "cifar-cnn", "preact-resnet18"} <= set(reg.names("model"))
+    assert {"digits", "mnist", "cifar10", "npz"} <= set(reg.names("dataset"))
+    for e in reg.entries():
+        assert e.distribution == "robench" and e.version == robench.__version__
+        assert e.plugin.startswith("robench.") and e.description
+
+
+def test_every_hookspec_is_documented_and_used_by_the_builtins():
+    specs = [f for name, f in inspect.getmembers(hookspecs) if name.startswith("robench_")]
+    assert len(specs) == len(KINDS)
+    reg = build_registry(entry_points=False)
+    for spec in specs:
+        assert inspect.getdoc(spec)
+    for kind in KINDS:
+        assert reg.names(kind), kind
+
+
+def test_entry_point_plugin_is_discovered_and_attributed(installed):
+    reg = build_registry()
+    entry = reg.get("attack", "tiny-sign-noise")
+    assert (entry.plugin, entry.distribution, entry.version) == (
+        "tiny",
+        "robench-tiny-plugin",
+        "0.0.1",
+    )
+    assert issubclass(entry.cls, Attack)
+
+
+def test_robench_list_shows_plugin_and_distribution(installed):
+    result = CliRunner().invoke(main, ["list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {(r["kind"], r["name"]): r for r in json.loads(result.output)}
+    assert rows[("attack", "tiny-sign-noise")]["distribution"] == "robench-tiny-plugin"
+    assert rows[("attack", "pgd")]["distribution"] == "robench"
+    text = CliRunner().invoke(main, ["list", "--kind", "attack"]).output
+    assert "tiny-sign-noise" in text and "robench-tiny-plugin 0.0.1" in text
+    assert "standard" not in text
+
+
+def test_escape_hatches_skip_installed_plugins(installed, monkeypatch):
+    monkeypatch.setenv("ROBENCH_DISABLE_PLUGINS", "1")
+    assert "tiny-sign-noise" not in build_registry().names("attack")
+    monkeypatch.delenv("ROBENCH_DISABLE_PLUGINS")
+    monkeypatch.setenv("ROBENCH_BLOCK_PLUGINS", "tiny")
+    assert "tiny-sign-noise" not in build_registry().names("attack")
+    monkeypatch.delenv("ROBENCH_BLOCK_PLUGINS")
+    monkeypatch.setenv("ROBENCH_PLUGINS", "tiny")
+    assert "tiny-sign-noise" in build_registry().names("attack")
+
+
+def _module(name: str, **functions) -> types.ModuleType:
+    mod = types.ModuleType(name)
+    for fname, f in functions.items():
+        setattr(mod, fname, f)
+    return mod
+
+
+def test_duplicate_name_is_an_error_naming_both_plugins():
+    class AnotherFGSM(Attack):
+        """Clashes with the built-in."""
+
+        name = "fgsm"
+
+        def run(self, model, x, y):
+            return x
+
+    @robench.hookimpl
+    def robench_register_attacks(register):
+        register(AnotherFGSM)
+
+    plugin = _module("clashing_plugin", robench_register_attacks=robench_register_attacks)
+    with pytest.raises(PluginError) as info:
+        build_registry(entry_points=False, plugins=[plugin])
+    message = str(info.value)
+    assert "duplicate attack name 'fgsm'" in message
+    assert "'robench.attacks'" in message and "clashing_plugin" in message
+
+
+def test_misspelled_hook_fails_loudly():
+    @robench.hookimpl
+    def robench_register_atacks(register):  # typo
+        pass
+
+    plugin = _module("typo_plugin", robench_register_atacks=robench_register_atacks)
+    with pytest.raises(PluginError, match="robench_register_atacks"):
+        build_registry(entry_points=False, plugins=[plugin])
+
+
+def test_registering_something_that_is_not_a_plugin_class_fails():
+    @robench.hookimpl
+    def robench_register_defenses(register):
+        register(object)
+
+    plugin = _module("bad_plugin", robench_register_defenses=robench_register_defenses)
+    with pytest.raises(PluginError, match=r"bad_plugin.*is no Defense"):
+        build_registry(entry_points=False, plugins=[plugin])
+
+
+def test_unknown_name_suggests_the_closest():
+    from robench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'pgd'"):
+        build_registry(entry_points=False).get("attack", "pdg")

@@ -1,0 +1,172 @@
+"""The runner: tidy results, provenance, failures confined to their cell, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import robench
+from robench.api import Attack, Defense
+from robench.registry import build_registry
+from robench.results import COLUMNS, read_results
+
+from .helpers import plugin_module, tiny_config
+
+
+class Exploding(Attack):
+    """Fails at ε = 0.2 (a test plugin)."""
+
+    name = "exploding"
+
+    def run(self, model, x, y):
+        if self.threat.eps > 0.15:
+            raise RuntimeError("kaboom")
+        return x
+
+
+class BrokenDefense(Defense):
+    """Fails while training (a test plugin)."""
+
+    name = "broken"
+
+    def fit(self, model, train, ctx):
+        raise ValueError("no training today")
+
+
+class Interrupting(Attack):
+    """Simulates Ctrl-C (a test plugin)."""
+
+    name = "interrupting"
+
+    def run(self, model, x, y):
+        raise KeyboardInterrupt
+
+
+@robench.hookimpl
+def robench_register_attacks(register):
+    register(Exploding)
+    register(Interrupting)
+
+
+@robench.hookimpl
+def robench_register_defenses(register):
+    register(BrokenDefense)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    plugin = plugin_module(
+        "test_plugins",
+        robench_register_attacks=robench_register_attacks,
+        robench_register_defenses=robench_register_defenses,
+    )
+    return build_registry(entry_points=False, plugins=[plugin])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    df = robench.run(tiny_config(tmp), quiet=True)
+    return tmp, df
+
+
+def test_results_are_a_tidy_typed_table(tiny_run):
+    _, df = tiny_run
+    assert list(df.columns) == list(COLUMNS)
+    assert len(df) == 1 + 4 + 2  # clean, 2 attacks × 2 eps, worst case per eps
+    assert (df["status"] == "ok").all()
+    assert df["accuracy"].dtype == "float64" and df["eps"].dtype == "float64"
+    assert str(df["n_examples"].dtype) == "Int64"
+    assert (df["n_examples"] == 120).all()
+    attacks = df[df["kind"] == "attack"]
+    assert set(zip(attacks["attack"], attacks["eps"], strict=True)) == {
+        ("fgsm", 0.1),
+        ("fgsm", 0.2),
+        ("pgd", 0.1),
+        ("pgd", 0.2),
+    }
+    assert (attacks["seconds"] > 0).all() and (attacks["n_violations"] == 0).all()
+    clean_row = df[df["kind"] == "clean"]
+    clean, n_clean = clean_row["accuracy"].item(), clean_row["n_correct"].item()
+    assert clean > 0.8
+    assert (df["accuracy"] <= clean).all()
+    for eps in (0.1, 0.2):
+        at = df[df["eps"] == eps]
+        worst = at[at["kind"] == "worst-case"]
+        singles = at[at["kind"] == "attack"]["n_correct"]
+        assert worst["attacks"].item() == "fgsm+pgd"
+        # per example minimum: at most the best single attack's count, and at least what is
+        # left when the attacks fool disjoint sets of examples
+        assert worst["n_correct"].item() <= singles.min()
+        assert worst["n_correct"].item() >= singles.sum() - (len(singles) - 1) * n_clean
+
+
+def test_csv_round_trips_and_provenance_is_complete(tiny_run):
+    tmp, df = tiny_run
+    out = tmp / "out"
+    again = read_results(out / "results.csv")
+    pd.testing.assert_frame_equal(again, df, check_like=False)
+    prov = json.loads((out / "results.json").read_text())
+    assert prov["status"] == "complete"
+    assert prov["config"]["training"]["epochs"] == 3
+    assert prov["config"]["attacks"][1]["steps"] == 3
+    assert prov["seeds"]["benchmark"] == 0
+    assert prov["versions"]["torch"] == torch.__version__
+    assert {"python", "robench", "pandas", "pluggy"} <= set(prov["versions"])
+    assert prov["device"]["device"] == "cpu"
+    assert "commit" in prov["git"] and "dirty" in prov["git"]
+    assert prov["dataset"]["name"] == "digits" and prov["dataset"]["eval_examples"] == 120
+    assert {p["name"] for p in prov["plugins"]} >= {"digits", "small-cnn", "standard", "pgd"}
+
+
+def test_same_seed_gives_the_same_numbers(tiny_run, tmp_path):
+    _, df = tiny_run
+    again = robench.run(tiny_config(tmp_path), quiet=True)
+    assert again["accuracy"].tolist() == df["accuracy"].tolist()
+
+
+def test_a_failing_cell_is_recorded_and_the_rest_still_runs(tmp_path, registry):
+    config = tiny_config(
+        tmp_path,
+        defenses=[{"name": "broken"}, {"name": "standard"}],
+        attacks=[{"name": "exploding", "eps": [0.1, 0.2]}, {"name": "fgsm", "eps": [0.2]}],
+    )
+    df = robench.run(config, registry=registry, quiet=True)
+    assert df.attrs["failed"] == 1 + 3 + 1
+    broken = df[df["defense"] == "broken"]
+    assert (broken["status"] == "error").all()
+    assert "no training today" in broken[broken["kind"] == "clean"]["error"].item()
+    std = df[df["defense"] == "standard"].set_index(["attack", "eps"])
+    assert std.loc[("exploding", 0.2), "status"] == "error"
+    assert "kaboom" in std.loc[("exploding", 0.2), "error"]
+    assert std.loc[("exploding", 0.1), "status"] == "ok"
+    assert std.loc[("fgsm", 0.2), "status"] == "ok"
+    worst = std.loc[("worst-case", 0.2)]
+    assert worst["attacks"] == "fgsm" and "exploding" in worst["error"]
+    prov = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert prov["status"] == "failed cells"
+    assert any("kaboom" in e["traceback"] for e in prov["errors"])
+
+
+def test_an_interrupted_run_keeps_what_it_computed(tmp_path, registry):
+    config = tiny_config(
+        tmp_path,
+        attacks=[{"name": "fgsm", "eps": [0.1]}, {"name": "interrupting", "eps": [0.1]}],
+    )
+    with pytest.raises(KeyboardInterrupt):
+        robench.run(config, registry=registry, quiet=True)
+    kept = read_results(tmp_path / "out" / "results.csv")
+    assert list(kept["attack"]) == ["clean", "fgsm"]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["status"] == "interrupted"
+
+
+def test_device_option_is_checked(tmp_path):
+    from robench.errors import ConfigError
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ConfigError, match="device: CUDA was requested"):
+        robench.run(tiny_config(tmp_path), device="cuda", quiet=True)
