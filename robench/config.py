@@ -46,9 +46,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from robench.errors import ConfigError
 from robench.plugin import Params
-from robench.registry import Entry, Kind, Registry, did_you_mean, get_registry
-from robench.specs import AttackSpec, Epsilon, NormName
+from robench.registry import Entry, Registry, get_registry
+from robench.specs import Epsilon, NormName
 from robench.training import TrainingConfig
+from robench.validation import Validator, check_unique, raise_one_line
 
 _Strict = ConfigDict(extra="forbid")
 _WithParams = ConfigDict(extra="allow")
@@ -189,103 +190,6 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"invalid TOML: {exc}", source=str(path)) from None
 
 
-def _loc(parts: tuple[Any, ...]) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
-
-
-def _message(err: dict[str, Any]) -> str:
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if err["type"] == "missing":
-        return "required but missing"
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    if "input" in err and err["type"] not in ("model_type", "dict_type"):
-        msg += f" (got {err['input']!r})"
-    return msg
-
-
-def _raise(
-    exc: ValidationError, prefix: str, source: str | None, owner: str, known: list[str]
-) -> None:
-    errors = exc.errors()
-    err = errors[0]
-    loc = _loc(err["loc"])
-    where = f"{prefix}.{loc}" if prefix and loc else (prefix or loc)
-    msg = _message(err)
-    if err["type"] == "extra_forbidden":
-        key = err["loc"][-1]
-        accepted = ", ".join(known) if known else "none"
-        msg = f"{owner} has no key {key!r}{did_you_mean(key, known)} (accepted: {accepted})"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    raise ConfigError(msg + more, field=where, source=source) from None
-
-
-class _Validator:
-    def __init__(self, registry: Registry, source: str | None, base_dir: Path) -> None:
-        self.registry = registry
-        self.source = source
-        self.context = {"base_dir": base_dir, "registry": registry}
-
-    def entry(self, kind: Kind, name: str, where: str) -> Entry:
-        try:
-            return self.registry.get(kind, name)
-        except ConfigError as exc:
-            raise ConfigError(exc.detail, field=f"{where}.name", source=self.source) from None
-
-    def params(self, entry: Entry, raw: dict[str, Any], where: str) -> Params:
-        cls = entry.cls.Params
-        try:
-            params = cls.model_validate(raw, context=self.context)
-        except ValidationError as exc:
-            owner = f"{entry.kind} {entry.name!r}"
-            _raise(exc, where, self.source, owner, list(cls.model_fields))
-        for fname in cls.model_fields:
-            value = getattr(params, fname)
-            if isinstance(value, AttackSpec):
-                self.attack_spec(value, f"{where}.{fname}")
-        return params
-
-    def attack_spec(self, spec: AttackSpec, where: str) -> None:
-        entry = self.entry("attack", spec.name, where)
-        self.norm(entry, spec.norm, where)
-        self.params(entry, spec.params, where)
-
-    def norm(self, entry: Entry, norm: str, where: str) -> None:
-        if norm not in entry.cls.norms:
-            raise ConfigError(
-                f"attack {entry.name!r} does not support norm {norm!r} "
-                f"(supports {', '.join(entry.cls.norms)})",
-                field=f"{where}.norm",
-                source=self.source,
-            )
-
-    def training(self, base: dict[str, Any], override: dict[str, Any], where: str):
-        try:
-            return TrainingConfig.model_validate({**base, **override})
-        except ValidationError as exc:
-            loc = exc.errors()[0]["loc"]
-            in_override = bool(loc) and loc[0] in override
-            prefix = where if in_override else "training"
-            _raise(exc, prefix, self.source, "[training]", list(TrainingConfig.model_fields))
-
-
-def _unique(labels: list[str], what: str, source: str | None) -> None:
-    seen: set[str] = set()
-    for i, label in enumerate(labels):
-        if label in seen:
-            raise ConfigError(
-                f"label {label!r} is used twice; give each entry a distinct label",
-                field=f"{what}[{i}].label",
-                source=source,
-            )
-        seen.add(label)
-
-
 def load_benchmark(
     config: str | Path | dict[str, Any],
     *,
@@ -311,8 +215,8 @@ def load_benchmark(
     try:
         f = _File.model_validate(raw)
     except ValidationError as exc:
-        _raise(exc, "", source, "a benchmark file", list(_File.model_fields))
-    v = _Validator(registry, source, base_dir)
+        raise_one_line(exc, "", source, "a benchmark file", list(_File.model_fields))
+    v = Validator(registry, source, base_dir)
 
     dataset_entry = v.entry("dataset", f.dataset.name, "dataset")
     dataset = PluginUse(dataset_entry, v.params(dataset_entry, f.dataset.params(), "dataset"))
@@ -337,7 +241,7 @@ def load_benchmark(
                 model=own_model,
             )
         )
-    _unique([d.label for d in defenses], "defenses", source)
+    check_unique([d.label for d in defenses], "defenses", source)
 
     attacks = []
     for i, a in enumerate(f.attacks):
@@ -353,12 +257,12 @@ def load_benchmark(
                 eps=tuple(a.eps),
             )
         )
-    _unique([a.label for a in attacks], "attacks", source)
+    check_unique([a.label for a in attacks], "attacks", source)
 
     if output_dir is not None:
         out = Path(output_dir)
     elif f.output_dir is not None:
-        out = base_dir / f.output_dir
+        out = (base_dir / f.output_dir).resolve()
     else:
         out = Path.cwd() / "results" / f.name
 

@@ -101,4 +101,6 @@ def summary_table(df: pd.DataFrame) -> str:
     )
     table = table.reindex(index=list(dict.fromkeys(t["defense"])))
     table = table[list(dict.fromkeys(t["column"]))]
+    table.columns.name = None
+    table.index.name = None
     return table.to_string()

@@ -26,6 +26,11 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def input_layers(info: DatasetInfo, normalize: bool) -> list[nn.Module]:
+    """``[Normalize(info.mean, info.std)]`` when ``normalize`` is set, else no layer."""
+    return [Normalize(info.mean, info.std)] if normalize else []
+
+
 class Model(Plugin):
     """Base class of model plugins. Subclasses implement :meth:`build`."""
 

@@ -5,16 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 class Reporter:
-    """Prints one line per finished step; silent when ``quiet``."""
+    """A line per finished cell, and a live bar while a defense trains; silent when ``quiet``.
+
+    On a terminal the training bar updates in place; elsewhere (logs, CI) only the lines
+    are printed.
+    """
 
     def __init__(self, quiet: bool = False) -> None:
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
         self.quiet = quiet
         self.total = 0
         self.done = 0
+        self._bar: Progress | None = None
+        self._task: Any = None
 
     def _print(self, text: str) -> None:
         if not self.quiet:
@@ -28,14 +35,36 @@ class Reporter:
 
     def training(self, label: str) -> None:
         self._print(f"[bold]{label}[/]: training")
+        self.last_loss = float("nan")
+        if self.quiet or not self.console.is_terminal:
+            return
+        self._bar = Progress(
+            TextColumn("  epoch {task.completed}/{task.total}"),
+            BarColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task("train", total=None, loss="-")
 
     def epoch(self, label: str, epoch: int, epochs: int, loss: float) -> None:
-        self._print(f"  epoch {epoch}/{epochs}  loss {loss:.4f}")
+        self.last_loss = loss
+        if self._bar is not None:
+            self._bar.update(self._task, completed=epoch, total=epochs, loss=f"{loss:.4f}")
 
     def trained(self, label: str, seconds: float) -> None:
-        self._print(f"  trained in {seconds:.1f} s")
+        self._stop_bar()
+        self._print(f"  trained in {seconds:.1f} s (last epoch's loss {self.last_loss:.4f})")
+
+    def _stop_bar(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
 
     def cell(self, row: dict[str, Any]) -> None:
+        self._stop_bar()
         self.done += 1
         what = row["attack"]
         if row["kind"] != "clean":
@@ -55,5 +84,6 @@ class Reporter:
         )
 
     def finished(self, csv: str, seconds: float, n_failed: int) -> None:
+        self._stop_bar()
         tail = f", [red]{n_failed} failed cells[/]" if n_failed else ""
         self._print(f"done in {seconds:.1f} s{tail}: {csv}")

@@ -91,10 +91,9 @@ class Registry:
 
 def did_you_mean(name: object, known: list[str]) -> str:
     """``"; did you mean 'x'?"`` for the closest of ``known``, or ``""``."""
-    close = difflib.get_close_matches(str(name), known, n=3, cutoff=0.6)
     lowered = [k for k in known if k.lower() == str(name).lower()]
-    close = lowered + [c for c in close if c not in lowered]
-    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    close = lowered or difflib.get_close_matches(str(name), known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def unknown_name_message(kind: str, name: object, known: list[str]) -> str:

@@ -37,12 +37,29 @@ COLUMNS = (
 )
 
 
+NUMERIC_COLUMNS = (
+    "eps",
+    "accuracy",
+    "clean_accuracy",
+    "max_violation",
+    "seconds",
+    "train_seconds",
+    "n_examples",
+    "n_correct",
+    "n_violations",
+    "seed",
+)
+TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
+
+
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
     for c in ("eps", "accuracy", "clean_accuracy", "max_violation", "seconds", "train_seconds"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in ("n_examples", "n_correct", "n_violations", "seed"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    for c in TEXT_COLUMNS:
+        df[c] = df[c].where(df[c].notna(), "").astype(str)
     return df
 
 

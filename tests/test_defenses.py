@@ -49,17 +49,17 @@ def test_every_defense_returns_a_trained_logit_model(entry, digits):
     model = build(info)
     before = [p.detach().clone() for p in model.parameters()]
     epochs = []
-    ctx = make_ctx(info)
+    ctx = make_ctx(info, epochs=6)
     ctx = TrainContext(**{**ctx.__dict__, "progress": lambda e, n, loss: epochs.append(loss)})
     trained = defense.fit(model, train, ctx)
     assert isinstance(trained, nn.Module)
-    assert len(epochs) == 2 and all(loss == loss for loss in epochs)  # reported, no NaN
+    assert len(epochs) == 6 and all(loss == loss for loss in epochs)  # reported, no NaN
     with torch.no_grad():
         logits = trained.eval()(test.x[:64])
     assert logits.shape == (64, info.num_classes) and torch.isfinite(logits).all()
     assert not torch.allclose(logits.softmax(1).sum(1), logits.sum(1))  # logits, not probs
     accuracy = (logits.argmax(1) == test.y[:64]).float().mean()
-    assert accuracy > 0.5  # learned something in 2 epochs on 400 digits
+    assert accuracy > 0.5  # learned something in 6 epochs on 400 digits
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.requires_grad for p in model.parameters())
 

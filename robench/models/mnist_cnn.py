@@ -6,8 +6,7 @@ from pydantic import Field
 from torch import nn
 
 from robench.dataset import DatasetInfo
-from robench.model import Model
-from robench.models.small import input_layers
+from robench.model import Model, input_layers
 from robench.plugin import Params
 
 

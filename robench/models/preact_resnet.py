@@ -9,8 +9,7 @@ from torch import nn
 
 from robench.dataset import DatasetInfo
 from robench.errors import ConfigError
-from robench.model import Model
-from robench.models.small import input_layers
+from robench.model import Model, input_layers
 from robench.plugin import Params
 
 

@@ -9,15 +9,10 @@ from torch import nn
 
 from robench.dataset import DatasetInfo
 from robench.errors import ConfigError
-from robench.model import Model, Normalize
+from robench.model import Model, input_layers
 from robench.plugin import Params
 
 PosInt = Annotated[int, Field(ge=1)]
-
-
-def input_layers(info: DatasetInfo, normalize: bool) -> list[nn.Module]:
-    """``[Normalize(info.mean, info.std)]`` when ``normalize`` is set, else no layer."""
-    return [Normalize(info.mean, info.std)] if normalize else []
 
 
 class SmallCNN(Model):

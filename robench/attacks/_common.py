@@ -1,0 +1,104 @@
+"""Helpers shared by the native gradient attacks: losses, input gradients and the ε-ball."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robench.threat import ThreatModel
+
+#: The loss an attack maximises: cross-entropy, or the Carlini–Wagner logit margin
+#: ``max_{j≠y} z_j − z_y`` (positive exactly when the example is misclassified).
+LossName = Literal["ce", "margin"]
+
+#: Guards the per-example L2 normalisation against zero gradients.
+_TINY = 1e-12
+
+
+def per_example_loss(logits: torch.Tensor, y: torch.Tensor, loss: LossName) -> torch.Tensor:
+    """The loss to maximise, one value per example."""
+    if loss == "ce":
+        return F.cross_entropy(logits, y, reduction="none")
+    true = logits.gather(1, y[:, None]).squeeze(1)
+    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return other - true
+
+
+def input_gradient(
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss: LossName
+) -> torch.Tensor:
+    """∇ₓ of the summed per-example loss: each row is that example's own input gradient.
+
+    Only the input gradient is computed (``torch.autograd.grad``), never weight gradients.
+    """
+    x_adv = x_adv.detach().requires_grad_(True)
+    total = per_example_loss(model(x_adv), y, loss).sum()
+    (grad,) = torch.autograd.grad(total, x_adv)
+    return grad
+
+
+def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-example vector to broadcast against a batch shaped like ``like``."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def _l2(t: torch.Tensor) -> torch.Tensor:
+    return t.reshape(t.shape[0], -1).norm(p=2, dim=1)
+
+
+class Ball:
+    """The ε-ball of ``threat`` around a clean batch ``x``, intersected with the bounds.
+
+    Precomputes what every step needs, so a step allocates one batch-sized tensor.
+    Clamping to the bounds after the ball projection only moves coordinates towards ``x``
+    (which lies inside the bounds), so the result stays in the ball.
+    """
+
+    def __init__(self, x: torch.Tensor, threat: ThreatModel) -> None:
+        self.x = x
+        self.norm = threat.norm
+        self.eps = threat.eps
+        self.lo, self.hi = threat.bounds
+        if self.norm == "linf":
+            # per-coordinate box: the ball and the bounds at once
+            self.low = (x - self.eps).clamp_(min=self.lo)
+            self.high = (x + self.eps).clamp_(max=self.hi)
+
+    def project_(self, x_adv: torch.Tensor) -> torch.Tensor:
+        """Project ``x_adv`` (detached) onto the ball and the bounds, in place."""
+        if self.norm == "linf":
+            return x_adv.clamp_(self.low, self.high)
+        delta = x_adv.sub_(self.x)
+        factor = (self.eps / _l2(delta).clamp_(min=_TINY)).clamp_(max=1.0)
+        return delta.mul_(_per_example(factor, delta)).add_(self.x).clamp_(self.lo, self.hi)
+
+    def random_point(self) -> torch.Tensor:
+        """A uniform random point of the ball (then clamped to the bounds); global torch RNG.
+
+        L∞: uniform in the cube. L2: a Gaussian direction with radius ``eps·u^(1/d)``.
+        """
+        x = self.x
+        if self.norm == "linf":
+            return (
+                torch.empty_like(x).uniform_(-self.eps, self.eps).add_(x).clamp_(self.lo, self.hi)
+            )
+        direction = torch.randn_like(x)
+        d = direction[0].numel()
+        radius = torch.rand(x.shape[0], device=x.device, dtype=x.dtype).pow_(1.0 / d)
+        scale = radius.mul_(self.eps).div_(_l2(direction).clamp_(min=_TINY))
+        return direction.mul_(_per_example(scale, x)).add_(x).clamp_(self.lo, self.hi)
+
+    def step(self, x_adv: torch.Tensor, grad: torch.Tensor, alpha: float) -> torch.Tensor:
+        """One ascent step of size ``alpha`` from ``x_adv``, projected; ``grad`` is consumed.
+
+        L∞: ``alpha·sign(∇)``. L2: ``alpha·∇/‖∇‖₂`` per example (no move where ∇ = 0).
+        """
+        with torch.no_grad():
+            if self.norm == "linf":
+                direction = grad.sign_()
+            else:
+                direction = grad.div_(_per_example(_l2(grad).clamp_(min=_TINY), grad))
+            return self.project_(x_adv.detach().add(direction, alpha=alpha))

@@ -1,0 +1,89 @@
+"""Projected gradient descent (Madry et al. 2018) in L∞ or L2, with random restarts."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from robench.attack import Attack
+from robench.attacks._common import Ball, LossName, input_gradient, per_example_loss
+from robench.plugin import Params
+
+
+class PGD(Attack):
+    """Projected gradient descent (Madry et al. 2018): iterated gradient steps, L∞ or L2.
+
+    Each step moves by ``α·sign(∇)`` (L∞) or ``α·∇/‖∇‖₂`` (L2) and projects back onto the ε-ball
+    and the bounds. The step is ``step_size`` (absolute) or ``rel_step·ε`` (default
+    ``2.5/steps``, Madry's heuristic: enough to cross the ball from any start). With
+    ``restarts > 1`` each example keeps its worst case over restarts: a point that fools the
+    model if any restart found one, else the point with the highest loss. Restarts need
+    ``random_start`` (they would all be identical), so without it one run is made.
+    """
+
+    name = "pgd"
+    norms = ("linf", "l2")
+
+    class Params(Params):
+        steps: int = Field(10, ge=1, description="gradient steps per restart")
+        rel_step: float | None = Field(
+            None,
+            gt=0,
+            allow_inf_nan=False,
+            description="step as a multiple of ε (default 2.5/steps); excludes step_size",
+        )
+        step_size: float | None = Field(
+            None, gt=0, allow_inf_nan=False, description="absolute step; excludes rel_step"
+        )
+        random_start: bool = Field(
+            True, description="start from a uniform random point of the ball"
+        )
+        restarts: int = Field(1, ge=1, description="random restarts; keeps each example's worst")
+        loss: LossName = Field(
+            "ce", description="loss to maximise: cross-entropy or the CW logit margin"
+        )
+
+        @model_validator(mode="after")
+        def _one_step_rule(self) -> PGD.Params:
+            if self.rel_step is not None and self.step_size is not None:
+                raise ValueError("give either step_size or rel_step, not both")
+            return self
+
+    params: Params
+
+    @property
+    def alpha(self) -> float:
+        """The absolute step used for this threat model."""
+        p = self.params
+        if p.step_size is not None:
+            return p.step_size
+        rel = p.rel_step if p.rel_step is not None else 2.5 / p.steps
+        return rel * self.threat.eps
+
+    def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.threat.eps == 0:
+            return x
+        p = self.params
+        ball = Ball(x, self.threat)
+        restarts = p.restarts if p.random_start else 1
+        best = best_loss = best_fooled = None
+        for _ in range(restarts):
+            x_adv = ball.random_point() if p.random_start else x
+            for _ in range(p.steps):
+                x_adv = ball.step(x_adv, input_gradient(model, x_adv, y, p.loss), self.alpha)
+            if restarts == 1:
+                return x_adv
+            with torch.no_grad():
+                logits = model(x_adv)
+                loss = per_example_loss(logits, y, p.loss)
+                fooled = logits.argmax(dim=1) != y
+            if best is None:
+                best, best_loss, best_fooled = x_adv, loss, fooled
+                continue
+            # rank (fooled, loss) lexicographically: fooling beats any loss
+            better = (fooled & ~best_fooled) | ((fooled == best_fooled) & (loss > best_loss))
+            best = torch.where(better.view(-1, *([1] * (x.dim() - 1))), x_adv, best)
+            best_loss = torch.where(better, loss, best_loss)
+            best_fooled |= fooled
+        return best
