@@ -41,10 +41,12 @@ def test_undefended_model_orders_clean_fgsm_pgd(results):
 
 def test_adversarial_training_raises_pgd_robust_accuracy(results):
     _, df = results
-    for eps in (0.05, 0.1):
+    for eps in (0.05, 0.1, 0.2):
         standard = _acc(df, "standard", "pgd-20", eps)
         at = _acc(df, "pgd-at", "pgd-20", eps)
-        assert at > standard + 0.1, (eps, standard, at)
+        assert at > standard + 0.05, (eps, standard, at)
+    # at the training budget the gain is large (measured: about 55 % → 86 %)
+    assert _acc(df, "pgd-at", "pgd-20", 0.1) > _acc(df, "standard", "pgd-20", 0.1) + 0.2
     assert _acc(df, "pgd-at", "clean") > 0.85
 
 

@@ -66,12 +66,12 @@ class PGD(Attack):
             return x
         p = self.params
         ball = Ball(x, self.threat)
-        restarts = p.restarts if p.random_start else 1
+        restarts, alpha = (p.restarts if p.random_start else 1), self.alpha
         best = best_loss = best_fooled = None
         for _ in range(restarts):
             x_adv = ball.random_point() if p.random_start else x
             for _ in range(p.steps):
-                x_adv = ball.step(x_adv, input_gradient(model, x_adv, y, p.loss), self.alpha)
+                x_adv = ball.step(x_adv, input_gradient(model, x_adv, y, p.loss), alpha)
             if restarts == 1:
                 return x_adv
             with torch.no_grad():
