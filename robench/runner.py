@@ -67,181 +67,166 @@ def eval_subset(test: Data, n: int | None, seed: int) -> Data:
 
 
 class _Run:
-    """One benchmark run; holds the rows written so far."""
+    """One benchmark run: trains and scores each defense, appending rows as cells finish."""
 
     def __init__(
         self,
         bench: Benchmark,
         registry: Registry,
         device: torch.device,
-        data_root: Path,
+        info: DatasetInfo,
         reporter: Reporter,
+        writer: ResultsWriter,
     ) -> None:
-        self.bench, self.registry, self.device = bench, registry, device
-        self.data_root, self.report = data_root, reporter
+        self.bench, self.registry, self.device, self.info = bench, registry, device, info
+        self.report, self.writer = reporter, writer
         self.rows: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []
 
-    def make_attack(self, spec: AttackSpec, bounds: tuple[float, float]):
-        entry = self.registry.get("attack", spec.name)
-        return entry.cls(ThreatModel(spec.norm, spec.eps, bounds), **spec.params)
+    def add(self, row: dict[str, Any]) -> None:
+        """Record a finished cell and rewrite the results, so that nothing done is lost."""
+        self.rows.append(row)
+        self.writer.write(self.rows)
 
-    def row(self, defense: DefenseUse, kind: str, **values: Any) -> dict[str, Any]:
-        base = {
-            "benchmark": self.bench.name,
-            "defense": defense.label,
-            "defense_plugin": defense.entry.name,
-            "model": (defense.model or self.bench.model).entry.name,
-            "kind": kind,
-            "status": "ok",
-            "error": "",
-        }
-        return base | values
+    def make_attack(self, spec: AttackSpec):
+        entry = self.registry.get("attack", spec.name)
+        return entry.cls(ThreatModel(spec.norm, spec.eps, self.info.bounds), **spec.params)
 
     def fail(self, row: dict[str, Any], exc: BaseException, where: str) -> dict[str, Any]:
         msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
         self.errors.append({"cell": where, "error": msg, "traceback": traceback.format_exc()})
         return row | {"status": "error", "error": msg}
 
-    def defense(self, d: DefenseUse, train: Data, ev: Data, info: DatasetInfo, writer) -> None:
+    def defense(self, d: DefenseUse, train: Data, ev: Data) -> None:
+        """Train ``d``, then score it clean, under every attack × ε, and per-ε worst case."""
+        bench = self.bench
+        base = {
+            "benchmark": bench.name,
+            "defense": d.label,
+            "defense_plugin": d.entry.name,
+            "model": (d.model or bench.model).entry.name,
+            "n_examples": len(ev),
+            "seconds": 0.0,
+            "status": "ok",
+            "error": "",
+        }
+        cells = [(a, eps) for a in bench.attacks for eps in a.eps]
+        clean_row = base | {
+            "kind": "clean",
+            "attack": "clean",
+            "norm": "",
+            "eps": 0.0,
+            "seed": bench.seed,
+        }
+        self.report.training(d.label)
+        t0 = time.perf_counter()
+        try:
+            model, x, y, clean = self._train(d, train, ev)
+        except Exception as exc:
+            clean_row = self.fail(clean_row, exc, f"{d.label}: training")
+            clean_row["train_seconds"] = time.perf_counter() - t0
+            self.add(clean_row)
+            self.report.cell(clean_row)
+            skipped = f"not run: training failed ({clean_row['error']})"
+            for a, eps in cells:
+                self.rows.append(
+                    self._attack_row(base, a, eps)
+                    | {
+                        "status": "error",
+                        "error": skipped,
+                        "train_seconds": clean_row["train_seconds"],
+                    }
+                )
+                self.report.done += 1
+            self.writer.write(self.rows)
+            return
+        base["train_seconds"] = time.perf_counter() - t0
+        self.report.trained(d.label, base["train_seconds"])
+        n_clean = int(clean.sum())
+        base["clean_accuracy"] = n_clean / len(y)
+        self.add(
+            clean_row
+            | base
+            | {
+                "n_correct": n_clean,
+                "accuracy": n_clean / len(y),
+                "n_violations": 0,
+                "max_violation": 0.0,
+            }
+        )
+        self.report.cell(self.rows[-1])
+
+        outcomes: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {}
+        for a, eps in cells:
+            row = self._attack_row(base, a, eps)
+            t1 = time.perf_counter()
+            try:
+                seed_everything(row["seed"])
+                attack = a.instantiate(ThreatModel(a.norm, eps, self.info.bounds))
+                out = attack_outcome(model, attack, x, y, clean, bench.evaluation.batch_size)
+                n_robust = int(out.robust.sum())
+                row |= {
+                    "n_correct": n_robust,
+                    "accuracy": n_robust / len(y),
+                    "n_violations": out.n_violations,
+                    "max_violation": out.max_violation,
+                }
+                outcomes.setdefault((a.norm, eps), []).append((a.label, out.robust))
+            except Exception as exc:
+                row = self.fail(row, exc, f"{d.label}: {a.label} {a.norm} eps={eps:g}")
+            row["seconds"] = time.perf_counter() - t1
+            self.add(row)
+            self.report.cell(row)
+
+        for (norm, eps), results in outcomes.items():
+            worst = torch.stack([robust for _, robust in results]).all(dim=0)
+            labels = [label for label, _ in results]
+            row = base | {
+                "kind": "worst-case",
+                "attack": "worst-case",
+                "norm": norm,
+                "eps": eps,
+                "n_correct": int(worst.sum()),
+                "accuracy": int(worst.sum()) / len(y),
+                "seed": bench.seed,
+                "attacks": "+".join(labels),
+            }
+            failed = [
+                a.label for a, e in cells if (a.norm, e) == (norm, eps) and a.label not in labels
+            ]
+            if failed:
+                row["error"] = f"without failed attacks: {', '.join(failed)}"
+            self.add(row)
+            self.report.worst(row)
+
+    def _train(self, d: DefenseUse, train: Data, ev: Data):
+        """Build and train the defense's model; return it with the evaluation set and which
+        evaluation examples it classifies correctly."""
         bench = self.bench
         seed_everything(bench.seed)
-        self.report.training(d.label)
         ctx = TrainContext(
             training=d.training,
             device=self.device,
             seed=bench.seed,
-            info=info,
-            make_attack=lambda spec: self.make_attack(spec, info.bounds),
+            info=self.info,
+            make_attack=self.make_attack,
             progress=lambda e, n, loss: self.report.epoch(d.label, e, n, loss),
         )
-        t0 = time.perf_counter()
-        try:
-            model = (d.model or bench.model).instantiate().build(info)
-            model = d.instantiate().fit(model, train, ctx).to(self.device).eval()
-            x, y = ev.x.to(self.device), ev.y.to(self.device)
-            clean = predict(model, x, bench.evaluation.batch_size) == y
-        except Exception as exc:
-            secs = time.perf_counter() - t0
-            row = self.row(
-                d,
-                "clean",
-                attack="clean",
-                norm="",
-                eps=0.0,
-                seconds=0.0,
-                train_seconds=secs,
-                n_examples=len(ev),
-            )
-            row = self.fail(row, exc, f"{d.label}: training")
-            self.rows.append(row)
-            self.report.cell(row)
-            for a in bench.attacks:
-                for eps in a.eps:
-                    self.rows.append(
-                        self._attack_row(d, a, eps)
-                        | {
-                            "status": "error",
-                            "error": f"not run: training failed ({row['error']})",
-                            "train_seconds": secs,
-                        }
-                    )
-                    self.report.done += 1
-            writer.write(self.rows)
-            return
-        train_secs = time.perf_counter() - t0
-        self.report.trained(d.label, train_secs)
-        clean_acc = float(clean.float().mean())
-        row = self.row(
-            d,
-            "clean",
-            attack="clean",
-            attack_plugin="",
-            norm="",
-            eps=0.0,
-            n_examples=len(y),
-            n_correct=int(clean.sum()),
-            accuracy=clean_acc,
-            clean_accuracy=clean_acc,
-            n_violations=0,
-            max_violation=0.0,
-            seconds=0.0,
-            train_seconds=train_secs,
-            seed=bench.seed,
-        )
-        self.rows.append(row)
-        self.report.cell(row)
-        writer.write(self.rows)
+        model = (d.model or bench.model).instantiate().build(self.info)
+        model = d.instantiate().fit(model, train, ctx).to(self.device).eval()
+        x, y = ev.x.to(self.device), ev.y.to(self.device)
+        return model, x, y, predict(model, x, bench.evaluation.batch_size) == y
 
-        outcomes: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {}
-        for a in bench.attacks:
-            for eps in a.eps:
-                row = self._attack_row(d, a, eps) | {
-                    "n_examples": len(y),
-                    "clean_accuracy": clean_acc,
-                    "train_seconds": train_secs,
-                }
-                seed = row["seed"]
-                t1 = time.perf_counter()
-                try:
-                    seed_everything(seed)
-                    attack = a.instantiate(ThreatModel(a.norm, eps, info.bounds))
-                    out = attack_outcome(model, attack, x, y, clean, bench.evaluation.batch_size)
-                    row |= {
-                        "n_correct": int(out.robust.sum()),
-                        "accuracy": float(out.robust.float().mean()),
-                        "n_violations": out.n_violations,
-                        "max_violation": out.max_violation,
-                    }
-                    outcomes.setdefault((a.norm, eps), []).append((a.label, out.robust))
-                except Exception as exc:
-                    row = self.fail(row, exc, f"{d.label}: {a.label} {a.norm} eps={eps:g}")
-                row["seconds"] = time.perf_counter() - t1
-                self.rows.append(row)
-                self.report.cell(row)
-                writer.write(self.rows)
-        for (norm, eps), results in outcomes.items():
-            worst = torch.stack([r for _, r in results]).all(dim=0)
-            row = self.row(
-                d,
-                "worst-case",
-                attack="worst-case",
-                attack_plugin="",
-                norm=norm,
-                eps=eps,
-                n_examples=len(y),
-                n_correct=int(worst.sum()),
-                accuracy=float(worst.float().mean()),
-                clean_accuracy=clean_acc,
-                seconds=0.0,
-                train_seconds=train_secs,
-                seed=bench.seed,
-                attacks="+".join(label for label, _ in results),
-            )
-            failed = [
-                a.label
-                for a in bench.attacks
-                if a.norm == norm
-                and eps in a.eps
-                and a.label not in {label for label, _ in results}
-            ]
-            if failed:
-                row["error"] = f"without failed attacks: {', '.join(failed)}"
-            self.rows.append(row)
-            self.report.worst(row)
-        writer.write(self.rows)
-
-    def _attack_row(self, d: DefenseUse, a: AttackUse, eps: float) -> dict[str, Any]:
-        return self.row(
-            d,
-            "attack",
-            attack=a.label,
-            attack_plugin=a.entry.name,
-            norm=a.norm,
-            eps=eps,
-            seconds=0.0,
-            seed=cell_seed(self.bench.seed, d.label, a.label, a.norm, eps),
-        )
+    def _attack_row(self, base: dict[str, Any], a: AttackUse, eps: float) -> dict[str, Any]:
+        seed = cell_seed(self.bench.seed, base["defense"], a.label, a.norm, eps)
+        return base | {
+            "kind": "attack",
+            "attack": a.label,
+            "attack_plugin": a.entry.name,
+            "norm": a.norm,
+            "eps": eps,
+            "seed": seed,
+        }
 
 
 def run(
@@ -325,11 +310,11 @@ def run(
     writer = ResultsWriter(bench.output_dir, prov)
     n_cells = len(bench.defenses) * (1 + sum(len(a.eps) for a in bench.attacks))
     reporter.start(bench.name, n_cells, str(dev), len(ev))
-    state = _Run(bench, registry, dev, root, reporter)
+    state = _Run(bench, registry, dev, info, reporter, writer)
     finished = False
     try:
         for d in bench.defenses:
-            state.defense(d, train, ev, info, writer)
+            state.defense(d, train, ev)
         finished = True
     finally:
         failed = sum(r["status"] == "error" for r in state.rows)

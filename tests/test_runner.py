@@ -45,10 +45,22 @@ class Interrupting(Attack):
         raise KeyboardInterrupt
 
 
+class Overshooting(Attack):
+    """Returns 3ε steps and a NaN (a test plugin that breaks the budget)."""
+
+    name = "overshooting"
+
+    def run(self, model, x, y):
+        x_adv = x + 3 * self.threat.eps * torch.randn_like(x).sign()
+        x_adv[0, 0, 0, 0] = float("nan")
+        return x_adv
+
+
 @robench.hookimpl
 def robench_register_attacks(register):
     register(Exploding)
     register(Interrupting)
+    register(Overshooting)
 
 
 @robench.hookimpl
@@ -170,3 +182,33 @@ def test_device_option_is_checked(tmp_path):
         pytest.skip("a CUDA device is present")
     with pytest.raises(ConfigError, match="device: CUDA was requested"):
         robench.run(tiny_config(tmp_path), device="cuda", quiet=True)
+
+
+def test_out_of_budget_results_are_projected_and_recorded(tmp_path, registry):
+    config = tiny_config(tmp_path, attacks=[{"name": "overshooting", "eps": [0.1]}])
+    df = robench.run(config, registry=registry, quiet=True)
+    row = df[df["kind"] == "attack"].iloc[0]
+    assert row["status"] == "ok"
+    assert row["n_violations"] == row["n_examples"] * row["clean_accuracy"]  # every attacked one
+    assert row["max_violation"] == float("inf")  # the NaN counts as an infinite excess
+    assert 0 <= row["accuracy"] <= df[df["kind"] == "clean"]["accuracy"].item()
+
+
+def test_cli_exit_status_is_1_when_a_cell_failed(tmp_path, registry, monkeypatch):
+    from click.testing import CliRunner
+
+    from robench.cli import main
+
+    monkeypatch.setattr("robench.config.get_registry", lambda: registry)
+    monkeypatch.setattr("robench.runner.get_registry", lambda: registry)
+    path = tmp_path / "b.toml"
+    path.write_text(
+        f'name = "t"\noutput_dir = "{tmp_path / "o"}"\n[dataset]\nname = "digits"\n'
+        '[model]\nname = "mlp"\n[training]\nepochs = 1\n[evaluation]\nn_examples = 40\n'
+        '[[defenses]]\nname = "standard"\n[[attacks]]\nname = "exploding"\neps = [0.1, 0.2]\n'
+    )
+    result = CliRunner().invoke(main, ["run", str(path), "-q"])
+    assert result.exit_code == 1
+    assert "1 cell(s) failed" in result.output
+    assert "Traceback" not in result.output
+    assert len(read_results(tmp_path / "o" / "results.csv")) == 4
