@@ -91,14 +91,36 @@ def validate(benchmark: Path, data_root: Path | None) -> None:
     )
 
 
+def _param_docs(cls) -> list[dict[str, object]]:
+    """Each parameter of a plugin class: name, type, default (None if required), description."""
+    from pydantic_core import PydanticUndefined
+
+    out = []
+    for name, f in cls.Params.model_fields.items():
+        required = f.default is PydanticUndefined and f.default_factory is None
+        ann = f.annotation
+        annotation = ann.__name__ if isinstance(ann, type) else str(ann)
+        out.append(
+            {
+                "name": name,
+                "type": annotation.replace("typing.", ""),
+                "required": required,
+                "default": None if required or f.default is PydanticUndefined else f.default,
+                "description": f.description or "",
+            }
+        )
+    return out
+
+
 @main.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--params", "-p", "with_params", is_flag=True, help="Show each one's parameters.")
 @click.option(
     "--kind",
     type=click.Choice(["attack", "defense", "model", "dataset"]),
     help="Only this kind.",
 )
-def list_(as_json: bool, kind: str | None) -> None:
+def list_(as_json: bool, with_params: bool, kind: str | None) -> None:
     """List every registered attack, defense, model and dataset, and who supplied it."""
     from robench.errors import PluginError
     from robench.registry import get_registry
@@ -116,17 +138,22 @@ def list_(as_json: bool, kind: str | None) -> None:
                 "distribution": e.distribution,
                 "version": e.version,
                 "description": e.description,
+                "params": _param_docs(e.cls),
             }
             for e in entries
         ]
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(rows, indent=2, default=str))
         return
     current = None
     for e in entries:
         if e.kind != current:
             current = e.kind
             click.echo(f"{e.kind}s:")
-        click.echo(f"  {e.name:<28} {e.distribution} {e.version} ({e.plugin})  {e.description}")
+        click.echo(f"  {e.name:<20} {e.distribution} {e.version} ({e.plugin})  {e.description}")
+        if with_params:
+            for p in _param_docs(e.cls):
+                default = "required" if p["required"] else f"default {p['default']!r}"
+                click.echo(f"      {p['name']}: {p['type']}, {default}  {p['description']}")
 
 
 @main.command()

@@ -28,3 +28,14 @@ def data_root() -> Path:
 def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Datasets read the offline data root unless a test says otherwise.
     monkeypatch.setenv("ROBENCH_DATA", str(_data_root()))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

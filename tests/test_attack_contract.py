@@ -16,43 +16,18 @@ from torch import nn
 
 from robench.attack import Attack, craft
 from robench.errors import ContractError
-from robench.registry import Entry, Registry
+from robench.registry import Entry, build_registry
 from robench.threat import NORMS, TOLERANCE, ThreatModel
 
 EPS = {"linf": (0.0, 0.1), "l2": (0.0, 1.0)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster, and far faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _registry() -> Registry:
-    from robench.registry import build_registry
-
-    try:
-        return build_registry(entry_points=False)
-    except (ImportError, ModuleNotFoundError):
-        # TEMPORARY: while other built-in plugin modules are being written, register only the
-        # built-in attacks. Remove once build_registry always imports.
-        import pluggy
-
-        import robench.attacks
-        from robench import hookspecs
-        from robench.registry import collect
-
-        pm = pluggy.PluginManager("robench")
-        pm.add_hookspecs(hookspecs)
-        pm.register(robench.attacks, name="robench.attacks")
-        return collect(pm)
-
-
-ATTACKS: list[Entry] = _registry().entries("attack")
-CASES = [(e, norm, eps) for e in ATTACKS for norm in NORMS for eps in EPS[norm]]
+#: every registered attack: the built-ins and those of installed plugins
+ATTACKS: list[Entry] = build_registry().entries("attack")
+CASES = [(e, norm, eps) for e in ATTACKS for norm in e.cls.norms for eps in EPS[norm]]
 
 
 def _case_id(case: tuple[Entry, str, float]) -> str:

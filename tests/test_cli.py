@@ -43,6 +43,13 @@ def test_list_plain_and_json():
         assert heading in result.output
     rows = json.loads(CliRunner().invoke(main, ["list", "--json"]).output)
     assert {"kind", "name", "plugin", "distribution", "version", "description"} <= set(rows[0])
+    pgd = next(r for r in rows if (r["kind"], r["name"]) == ("attack", "pgd"))
+    steps = next(p for p in pgd["params"] if p["name"] == "steps")
+    assert steps["type"] == "int" and steps["default"] == 10 and not steps["required"]
+    mixed = next(r for r in rows if (r["kind"], r["name"]) == ("defense", "mixed"))
+    assert next(p for p in mixed["params"] if p["name"] == "attack")["required"]
+    verbose = CliRunner().invoke(main, ["list", "--params", "--kind", "attack"]).output
+    assert "loss: Literal['ce', 'margin'], default 'ce'" in verbose
 
 
 def _toml(tmp_path, **overrides) -> str:

@@ -15,7 +15,7 @@ from robench.runner import eval_subset
 from robench.threat import ThreatModel
 from robench.training import TrainingConfig, crop_flip, lr_factor
 
-REGISTRY = build_registry(entry_points=False)
+REGISTRY = build_registry()  # the built-ins and installed plugins
 DEFENSES = REGISTRY.entries("defense")
 
 
