@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Console
@@ -11,9 +12,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 class Reporter:
     """A line per finished cell, and a live bar while a defense trains; silent when ``quiet``.
 
-    On a terminal the training bar updates in place; elsewhere (logs, CI) only the lines
-    are printed.
+    On a terminal the training bar updates in place; elsewhere (logs, CI) an epoch line is
+    printed at most every ``log_every`` seconds.
     """
+
+    log_every = 10.0
 
     def __init__(self, quiet: bool = False) -> None:
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -36,6 +39,7 @@ class Reporter:
     def training(self, label: str) -> None:
         self._print(f"[bold]{label}[/]: training")
         self.last_loss = float("nan")
+        self._last_log = time.monotonic()
         if self.quiet or not self.console.is_terminal:
             return
         self._bar = Progress(
@@ -53,6 +57,9 @@ class Reporter:
         self.last_loss = loss
         if self._bar is not None:
             self._bar.update(self._task, completed=epoch, total=epochs, loss=f"{loss:.4f}")
+        elif time.monotonic() - self._last_log >= self.log_every and epoch < epochs:
+            self._last_log = time.monotonic()
+            self._print(f"  epoch {epoch}/{epochs}  loss {loss:.4f}")
 
     def trained(self, label: str, seconds: float) -> None:
         self._stop_bar()

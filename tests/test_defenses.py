@@ -149,3 +149,16 @@ def test_train_examples_limits_the_training_set(digits):
     ctx = make_ctx(info, epochs=1, batch_size=50, train_examples=120)
     ctx.train(build(info), Data(train.x, train.y), loss)
     assert sum(seen) == 120
+
+
+def test_eps_warmup_ramps_the_inner_attack_linearly(digits):
+    from robench.defenses._inner import InnerAttack
+
+    info, train, _ = digits
+    params = REGISTRY.get("defense", "adversarial").cls.Params(
+        attack={"name": "fgsm", "eps": 0.2}, eps_warmup=0.5
+    )
+    ctx = make_ctx(info, epochs=2, batch_size=100)  # 400 examples: 8 steps, 4 of them ramping
+    schedule = InnerAttack(params, ctx, train)
+    eps = [next(schedule).threat.eps for _ in range(8)]
+    assert eps == pytest.approx([0.05, 0.1, 0.15, 0.2, 0.2, 0.2, 0.2, 0.2])

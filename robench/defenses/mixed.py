@@ -12,8 +12,7 @@ from torch import nn
 from robench.attack import craft
 from robench.dataset import Data
 from robench.defense import Defense, TrainContext
-from robench.plugin import Params
-from robench.specs import AttackSpec
+from robench.defenses._inner import InnerAttack, InnerAttackParams
 
 
 class MixedTraining(Defense):
@@ -42,8 +41,7 @@ class MixedTraining(Defense):
 
     example_params: ClassVar[dict[str, Any]] = {"attack": {"name": "fgsm", "eps": 0.1}}
 
-    class Params(Params):
-        attack: AttackSpec
+    class Params(InnerAttackParams):
         clean_weight: float = Field(0.5, ge=0, description="weight of the clean loss")
         adv_weight: float = Field(0.5, ge=0, description="weight of the adversarial loss")
         adv_fraction: float = Field(
@@ -66,11 +64,11 @@ class MixedTraining(Defense):
 
     def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
         p = self.params
-        attack = ctx.make_attack(p.attack)
+        attacks = InnerAttack(p, ctx, train)
 
         def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             k = math.ceil(p.adv_fraction * len(y))
-            x_adv = craft(attack, m, x[:k], y[:k]).x_adv
+            x_adv = craft(next(attacks), m, x[:k], y[:k]).x_adv
             x_clean, y_clean = (x[k:], y[k:]) if p.replace else (x, y)
             n_clean = len(y_clean) if p.clean_weight > 0 else 0
             logits = m(torch.cat([x_clean[:n_clean], x_adv]))

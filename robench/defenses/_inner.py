@@ -1,0 +1,48 @@
+"""The inner attack of adversarial-training defenses, with an optional ε warm-up."""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import Field
+
+from robench.attack import Attack
+from robench.dataset import Data
+from robench.defense import TrainContext
+from robench.plugin import Params
+from robench.specs import AttackSpec
+
+
+class InnerAttackParams(Params):
+    """Parameters shared by defenses that train on attacked examples."""
+
+    attack: AttackSpec
+    eps_warmup: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of training over which the attack's ε ramps up linearly from 0 "
+        "(helps small models that stall at chance under a full budget from the start)",
+    )
+
+
+class InnerAttack:
+    """Gives the attack for each training batch in turn: ``next(schedule)``."""
+
+    def __init__(self, params: InnerAttackParams, ctx: TrainContext, train: Data) -> None:
+        cfg = ctx.training
+        n = len(train) if cfg.train_examples is None else min(len(train), cfg.train_examples)
+        self.ramp_steps = params.eps_warmup * cfg.epochs * math.ceil(n / cfg.batch_size)
+        self.spec, self.ctx = params.attack, ctx
+        self.full = ctx.make_attack(params.attack)
+        self.step = 0
+
+    def __iter__(self) -> InnerAttack:
+        return self
+
+    def __next__(self) -> Attack:
+        self.step += 1
+        if self.step >= self.ramp_steps:
+            return self.full
+        eps = self.spec.eps * self.step / self.ramp_steps
+        return self.ctx.make_attack(self.spec.model_copy(update={"eps": eps}))
