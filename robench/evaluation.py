@@ -36,8 +36,11 @@ def attack_outcome(
     y: torch.Tensor,
     clean_correct: torch.Tensor,
     batch_size: int,
+    keep: torch.Tensor | None = None,
 ) -> AttackOutcome:
     """Attack the clean-correct examples and report which stay correct.
+
+    With ``keep`` (a tensor shaped like ``x``), the adversarial examples are written into it.
 
     An example misclassified without attack counts as not robust (as in AutoAttack and
     RobustBench), so robust accuracy can never exceed clean accuracy by construction.
@@ -50,4 +53,6 @@ def attack_outcome(
         n_bad += crafted.n_violations
         worst = max(worst, crafted.max_excess)
         robust[chunk] = predict(model, crafted.x_adv, batch_size) == y[chunk]
+        if keep is not None:
+            keep[chunk] = crafted.x_adv
     return AttackOutcome(robust, n_bad, worst)

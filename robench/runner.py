@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 import traceback
@@ -25,7 +26,7 @@ from robench.config import (
 from robench.dataset import Data, DatasetInfo
 from robench.defense import TrainContext
 from robench.errors import ConfigError
-from robench.evaluation import attack_outcome, predict
+from robench.evaluation import AttackOutcome, attack_outcome, predict
 from robench.progress import Reporter
 from robench.registry import Registry, get_registry
 from robench.results import ResultsWriter
@@ -157,13 +158,17 @@ class _Run:
         self.report.cell(self.rows[-1])
 
         outcomes: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {}
+        minimal: dict[str, tuple[torch.Tensor, AttackOutcome]] = {}  # per minimisation attack
         for a, eps in cells:
             row = self._attack_row(base, a, eps)
             t1 = time.perf_counter()
             try:
-                seed_everything(row["seed"])
-                attack = a.instantiate(ThreatModel(a.norm, eps, self.info.bounds))
-                out = attack_outcome(model, attack, x, y, clean, bench.evaluation.batch_size)
+                if a.entry.cls.minimizes:
+                    out = self._minimal_outcome(a, eps, model, x, y, clean, minimal, row)
+                else:
+                    seed_everything(row["seed"])
+                    attack = a.instantiate(ThreatModel(a.norm, eps, self.info.bounds))
+                    out = attack_outcome(model, attack, x, y, clean, bench.evaluation.batch_size)
                 n_robust = int(out.robust.sum())
                 row |= {
                     "n_correct": n_robust,
@@ -198,6 +203,32 @@ class _Run:
                 row["error"] = f"without failed attacks: {', '.join(failed)}"
             self.add(row)
             self.report.worst(row)
+
+    def _minimal_outcome(
+        self,
+        a: AttackUse,
+        eps: float,
+        model: torch.nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        clean: torch.Tensor,
+        minimal: dict[str, tuple[torch.Tensor, AttackOutcome]],
+        row: dict[str, Any],
+    ) -> AttackOutcome:
+        """Score a minimisation attack at ``eps``. It runs once per defense (with ε = ∞ and
+        the cell seed of its first budget); its result is projected into each ε-ball, which
+        keeps every adversarial example that fits the budget and may find more."""
+        batch = self.bench.evaluation.batch_size
+        if a.label not in minimal:
+            seed_everything(row["seed"])
+            attack = a.instantiate(ThreatModel(a.norm, math.inf, self.info.bounds))
+            x_adv = x.clone()
+            out = attack_outcome(model, attack, x, y, clean, batch, keep=x_adv)
+            minimal[a.label] = (x_adv, out)
+        x_adv, out = minimal[a.label]
+        x_eps = ThreatModel(a.norm, eps, self.info.bounds).project(x_adv, x)
+        robust = clean & (predict(model, x_eps, batch) == y)
+        return AttackOutcome(robust, out.n_violations, out.max_violation)
 
     def _train(self, d: DefenseUse, train: Data, ev: Data):
         """Build and train the defense's model; return it with the evaluation set and which
