@@ -1,0 +1,65 @@
+"""Helpers for plugins that adapt another library's classes (ART, Foolbox) into robench plugins.
+
+:func:`params_from_signature` turns a library class's keyword parameters into a robench
+:class:`~robench.plugin.Params` model, so that a benchmark can pass them by name and a
+misspelled or unknown key is caught when the benchmark is validated, before anything trains.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from pydantic import create_model
+
+from robench.plugin import Params
+
+_VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def _field_type(param: inspect.Parameter, default: Any) -> Any:
+    """A lenient type for a library parameter, inferred from its default and annotation.
+
+    Values the type cannot tell apart (arrays, callables, None) are left to the library to
+    check when the attack is built.
+    """
+    text = str(param.annotation) if param.annotation is not inspect.Parameter.empty else ""
+    if isinstance(default, bool):
+        return bool
+    if isinstance(default, int):
+        return float if "float" in text else int
+    if isinstance(default, float):
+        return float
+    if isinstance(default, str) and "str" in text and "|" not in text and "Union" not in text:
+        return str
+    return Any
+
+
+def params_from_signature(
+    model_name: str,
+    func: Callable[..., Any],
+    *,
+    skip: Collection[str] = (),
+    defaults: Mapping[str, Any] | None = None,
+    doc: str = "",
+) -> type[Params]:
+    """A :class:`Params` model with one field per keyword parameter of ``func``.
+
+    ``skip`` names parameters the adapter sets itself (the estimator, ε, the norm...). Each
+    field keeps the library's default unless ``defaults`` overrides it; a parameter without a
+    default is required. Unknown keys are rejected, like every robench plugin's parameters.
+    """
+    defaults = dict(defaults or {})
+    fields: dict[str, Any] = {}
+    for name, param in inspect.signature(func).parameters.items():
+        if name == "self" or name in skip or param.kind in _VARIADIC:
+            continue
+        default = defaults.get(name, param.default)
+        if default is inspect.Parameter.empty:
+            fields[name] = (_field_type(param, None), ...)
+        else:
+            fields[name] = (_field_type(param, default), default)
+    model = create_model(model_name, __base__=Params, **fields)
+    model.__doc__ = doc or f"Keyword parameters of {getattr(func, '__qualname__', func)}."
+    return model
