@@ -56,11 +56,34 @@ class Overshooting(Attack):
         return x_adv
 
 
+class Inverting(Attack):
+    """A minimisation attack in the manner of a decision-based one: walks each example
+    towards its inverted image (1 − x) and returns the first point on the way that is
+    misclassified, at any distance (a test plugin)."""
+
+    name = "inverting"
+    minimizes = True
+    calls: int = 0
+
+    def run(self, model, x, y):
+        type(self).calls += 1
+        assert self.threat.eps == float("inf")
+        x_adv = x.clone()
+        found = torch.zeros(len(x), dtype=torch.bool)
+        for t in torch.linspace(0.05, 1.0, 20):
+            point = x + t * (1 - 2 * x)
+            fooled = (model(point).argmax(1) != y) & ~found
+            x_adv[fooled] = point[fooled]
+            found |= fooled
+        return x_adv
+
+
 @robench.hookimpl
 def robench_register_attacks(register):
     register(Exploding)
     register(Interrupting)
     register(Overshooting)
+    register(Inverting)
 
 
 @robench.hookimpl
@@ -212,3 +235,19 @@ def test_cli_exit_status_is_1_when_a_cell_failed(tmp_path, registry, monkeypatch
     assert "1 cell(s) failed" in result.output
     assert "Traceback" not in result.output
     assert len(read_results(tmp_path / "o" / "results.csv")) == 4
+
+
+def test_a_minimisation_attack_runs_once_and_is_scored_at_every_eps(tmp_path, registry):
+    Inverting.calls = 0
+    eps = [0.05, 0.1, 0.3, 1.0]
+    config = tiny_config(tmp_path, attacks=[{"name": "inverting", "eps": eps}])
+    config["evaluation"]["batch_size"] = 1000  # one batch: one call per run of the attack
+    df = robench.run(config, registry=registry, quiet=True)
+    rows = df[df["kind"] == "attack"].sort_values("eps")
+    assert Inverting.calls == 1
+    assert list(rows["eps"]) == eps and (rows["status"] == "ok").all()
+    # far beyond ε is how a minimisation attack works, not a violation
+    assert (rows["n_violations"] == 0).all()
+    acc = list(rows["accuracy"])
+    assert acc == sorted(acc, reverse=True), "robust accuracy must not grow with ε"
+    assert acc[-1] < acc[0] <= df[df["kind"] == "clean"]["accuracy"].item()
