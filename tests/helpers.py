@@ -32,3 +32,26 @@ def plugin_module(name: str, **hooks: Any) -> types.ModuleType:
     for hook_name, f in hooks.items():
         setattr(mod, hook_name, f)
     return mod
+
+
+def trained_digits_mlp(n_test: int):
+    """An MLP trained for about a second on 1500 of scikit-learn's digits (1×8×8, in [0, 1]),
+    with ``n_test`` held-out examples: ``(model in eval mode, x_test, y_test)``."""
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    data = load_digits()
+    x = torch.tensor(data.data / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
+    y = torch.tensor(data.target)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    train, test = perm[:1500], perm[1500 : 1500 + n_test]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x[train]), y[train]).backward()
+        opt.step()
+    model.eval()
+    return model, x[test], y[test]

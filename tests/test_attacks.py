@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 from pydantic import ValidationError
-from sklearn.datasets import load_digits
 from torch import nn
 
 from robench.attack import Attack, craft
 from robench.attacks.fgsm import FGSM
 from robench.attacks.pgd import PGD
 from robench.threat import NORMS, TOLERANCE, ThreatModel
+
+from .helpers import trained_digits_mlp
 
 #: budgets at which the undefended MLP is hurt but not broken (clean ≈ 97 %)
 EPS = {"linf": 0.1, "l2": 0.5}
@@ -25,20 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """An MLP trained for about a second on 1500 digits; 256 held-out examples (1×8×8)."""
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1500], perm[1500:1756]
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[train]), y[train]).backward()
-        opt.step()
-    model.eval()
-    return model, x[test], y[test]
+    return trained_digits_mlp(256)
 
 
 def _attack(attack: Attack, digits, *, seed: int = 0, x: torch.Tensor | None = None):

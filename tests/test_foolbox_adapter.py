@@ -10,7 +10,6 @@ import warnings
 import pytest
 import torch
 from click.testing import CliRunner
-from sklearn.datasets import load_digits
 from torch import nn
 
 import robench
@@ -21,7 +20,7 @@ from robench.errors import ConfigError
 from robench.registry import build_registry
 from robench.threat import TOLERANCE, ThreatModel
 
-from .helpers import tiny_config
+from .helpers import tiny_config, trained_digits_mlp
 
 foolbox = pytest.importorskip("foolbox")
 robench_foolbox = pytest.importorskip("robench_foolbox")
@@ -89,20 +88,7 @@ def registry():
 @pytest.fixture(scope="module")
 def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """An MLP trained for about a second on 1500 digits; 128 held-out examples (1×8×8)."""
-    data = load_digits()
-    x = torch.tensor(data.data / 16.0, dtype=torch.float32).view(-1, 1, 8, 8)
-    y = torch.tensor(data.target)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    train, test = perm[:1500], perm[1500:1628]
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad()
-        nn.functional.cross_entropy(model(x[train]), y[train]).backward()
-        opt.step()
-    model.eval()
-    return model, x[test], y[test]
+    return trained_digits_mlp(128)
 
 
 def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
