@@ -113,6 +113,7 @@ def _param_docs(cls) -> list[dict[str, object]]:
 
 
 @main.command(name="list")
+@click.argument("patterns", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--params", "-p", "with_params", is_flag=True, help="Show each one's parameters.")
 @click.option(
@@ -120,8 +121,13 @@ def _param_docs(cls) -> list[dict[str, object]]:
     type=click.Choice(["attack", "defense", "model", "dataset"]),
     help="Only this kind.",
 )
-def list_(as_json: bool, with_params: bool, kind: str | None) -> None:
-    """List every registered attack, defense, model and dataset, and who supplied it."""
+def list_(patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str | None) -> None:
+    """List every registered attack, defense, model and dataset, and who supplied it.
+
+    PATTERNS (names or shell-style patterns such as 'art.*') narrow the list.
+    """
+    import fnmatch
+
     from robench.errors import PluginError
     from robench.registry import get_registry
 
@@ -129,6 +135,10 @@ def list_(as_json: bool, with_params: bool, kind: str | None) -> None:
         entries = get_registry().entries(kind)  # type: ignore[arg-type]
     except PluginError as exc:
         raise _config_error(exc) from None
+    if patterns:
+        entries = [e for e in entries if any(fnmatch.fnmatchcase(e.name, p) for p in patterns)]
+        if not entries:
+            raise click.UsageError(f"nothing registered matches {' '.join(patterns)}")
     if as_json:
         rows = [
             {
@@ -145,11 +155,14 @@ def list_(as_json: bool, with_params: bool, kind: str | None) -> None:
         click.echo(json.dumps(rows, indent=2, default=str))
         return
     current = None
+    width = max(20, *(len(e.name) for e in entries))
     for e in entries:
         if e.kind != current:
             current = e.kind
             click.echo(f"{e.kind}s:")
-        click.echo(f"  {e.name:<20} {e.distribution} {e.version} ({e.plugin})  {e.description}")
+        click.echo(
+            f"  {e.name:<{width}} {e.distribution} {e.version} ({e.plugin})  {e.description}"
+        )
         if with_params:
             for p in _param_docs(e.cls):
                 default = "required" if p["required"] else f"default {p['default']!r}"

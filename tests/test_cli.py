@@ -52,6 +52,15 @@ def test_list_plain_and_json():
     assert "loss: Literal['ce', 'margin'], default 'ce'" in verbose
 
 
+def test_list_narrows_to_names_and_patterns():
+    result = CliRunner().invoke(main, ["list", "pgd", "fgs*"])
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.output.splitlines() if line.startswith("  ")]
+    assert names == ["fgsm", "pgd"]
+    missing = CliRunner().invoke(main, ["list", "no-such-attack"])
+    assert missing.exit_code == 2 and "nothing registered matches no-such-attack" in missing.output
+
+
 def _toml(tmp_path, **overrides) -> str:
     """Write tiny_config as TOML (tomllib has no writer; the structure is simple)."""
     c = tiny_config(tmp_path, **overrides)
