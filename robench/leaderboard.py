@@ -31,7 +31,8 @@ def build_leaderboard(
 
     The ranking budget is ``norm``/``eps``; by default L∞ if present (else L2) at the largest ε
     present. Columns: rank, benchmark, defense, clean accuracy, the worst-case robust accuracy
-    at the ranking budget and the attack that was strongest there, then the worst-case robust
+    at the ranking budget with its 95 % Wilson interval and the attack that was strongest
+    there, then the worst-case robust
     accuracy at every budget (one column each), the number of examples and the run's status.
     Accuracies are percentages.
     """
@@ -61,6 +62,9 @@ def build_leaderboard(
         at = g[(g["norm"] == norm) & np.isclose(g["eps"].astype(float), eps)]
         w = at[(at["kind"] == "worst-case") & (at["status"] == "ok")]
         row["robust_accuracy"] = 100 * w["accuracy"].iloc[0] if len(w) else np.nan
+        row["robust_ci95"] = (
+            f"{100 * w['ci_low'].iloc[0]:.1f}–{100 * w['ci_high'].iloc[0]:.1f}" if len(w) else ""
+        )
         singles = at[(at["kind"] == "attack") & (at["status"] == "ok")]
         row["strongest_attack"] = (
             singles.sort_values("accuracy")["attack"].iloc[0] if len(singles) else ""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from robench.stats import wilson_interval
 
 #: Columns of a results table, in order. One row per defense × attack × ε, plus for each
 #: defense a ``clean`` row and, per norm and ε, a ``worst-case`` row (per-example minimum over
@@ -25,6 +28,8 @@ COLUMNS = (
     "n_examples",
     "n_correct",
     "accuracy",
+    "ci_low",  # 95 % Wilson interval of the accuracy over the n_examples scored
+    "ci_high",
     "clean_accuracy",
     "n_violations",
     "max_violation",
@@ -40,6 +45,8 @@ COLUMNS = (
 NUMERIC_COLUMNS = (
     "eps",
     "accuracy",
+    "ci_low",
+    "ci_high",
     "clean_accuracy",
     "max_violation",
     "seconds",
@@ -54,10 +61,16 @@ TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    for c in ("eps", "accuracy", "clean_accuracy", "max_violation", "seconds", "train_seconds"):
-        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     for c in ("n_examples", "n_correct", "n_violations", "seed"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
+    for c in ("eps", "accuracy", "clean_accuracy", "max_violation", "seconds", "train_seconds"):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    bounds = [
+        wilson_interval(int(k), int(n)) if pd.notna(k) and pd.notna(n) else (math.nan, math.nan)
+        for k, n in zip(df["n_correct"], df["n_examples"], strict=True)
+    ]
+    df["ci_low"] = pd.Series([lo for lo, _ in bounds], index=df.index, dtype="float64")
+    df["ci_high"] = pd.Series([hi for _, hi in bounds], index=df.index, dtype="float64")
     for c in TEXT_COLUMNS:
         df[c] = df[c].where(df[c].notna(), "").astype(str)
     return df

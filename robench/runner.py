@@ -27,6 +27,7 @@ from robench.dataset import Data, DatasetInfo
 from robench.defense import TrainContext
 from robench.errors import ConfigError
 from robench.evaluation import AttackOutcome, attack_outcome, predict
+from robench.outcomes import OutcomeWriter
 from robench.progress import Reporter
 from robench.registry import Registry, get_registry
 from robench.results import ResultsWriter
@@ -59,11 +60,18 @@ def cell_seed(seed: int, *parts: Any) -> int:
     return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % 2**31
 
 
+def eval_indices(n_test: int, n: int | None, seed: int) -> torch.Tensor:
+    """Positions in the test split of a seeded random subset of ``n`` examples (all if None)."""
+    if n is None or n >= n_test:
+        return torch.arange(n_test)
+    return torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:n]
+
+
 def eval_subset(test: Data, n: int | None, seed: int) -> Data:
     """A seeded random subset of ``n`` test examples (all of them when ``n`` is None)."""
     if n is None or n >= len(test):
         return test
-    idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
+    idx = eval_indices(len(test), n, seed)
     return Data(test.x[idx], test.y[idx])
 
 
@@ -78,9 +86,10 @@ class _Run:
         info: DatasetInfo,
         reporter: Reporter,
         writer: ResultsWriter,
+        outcomes: OutcomeWriter,
     ) -> None:
         self.bench, self.registry, self.device, self.info = bench, registry, device, info
-        self.report, self.writer = reporter, writer
+        self.report, self.writer, self.outcomes = reporter, writer, outcomes
         self.rows: list[dict[str, Any]] = []
         self.errors: list[dict[str, str]] = []
 
@@ -145,6 +154,7 @@ class _Run:
         self.report.trained(d.label, base["train_seconds"])
         n_clean = int(clean.sum())
         base["clean_accuracy"] = n_clean / len(y)
+        self.outcomes.add(d.label, "clean", "", 0.0, clean)
         self.add(
             clean_row
             | base
@@ -177,6 +187,7 @@ class _Run:
                     "max_violation": out.max_violation,
                 }
                 outcomes.setdefault((a.norm, eps), []).append((a.label, out.robust))
+                self.outcomes.add(d.label, a.label, a.norm, eps, out.robust)
             except Exception as exc:
                 row = self.fail(row, exc, f"{d.label}: {a.label} {a.norm} eps={eps:g}")
             row["seconds"] = time.perf_counter() - t1
@@ -293,7 +304,9 @@ def run(
 
     dataset = bench.dataset.instantiate()
     train = dataset.load("train", root)
-    ev = eval_subset(dataset.load("test", root), bench.evaluation.n_examples, bench.seed)
+    test = dataset.load("test", root)
+    ev_index = eval_indices(len(test), bench.evaluation.n_examples, bench.seed)
+    ev = Data(test.x[ev_index], test.y[ev_index])
     used = [bench.dataset.entry, bench.model.entry]
     for d in bench.defenses:
         used += [d.entry, (d.model or bench.model).entry]
@@ -341,7 +354,8 @@ def run(
     writer = ResultsWriter(bench.output_dir, prov)
     n_cells = len(bench.defenses) * (1 + sum(len(a.eps) for a in bench.attacks))
     reporter.start(bench.name, n_cells, str(dev), len(ev))
-    state = _Run(bench, registry, dev, info, reporter, writer)
+    outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy())
+    state = _Run(bench, registry, dev, info, reporter, writer, outcomes)
     finished = False
     try:
         for d in bench.defenses:
@@ -358,5 +372,7 @@ def run(
         }
         df = writer.write(state.rows)
     reporter.finished(str(writer.csv), time.perf_counter() - t0, failed)
-    df.attrs.update(csv=str(writer.csv), json=str(writer.json), failed=failed)
+    df.attrs.update(
+        csv=str(writer.csv), json=str(writer.json), outcomes=str(outcomes.path), failed=failed
+    )
     return df

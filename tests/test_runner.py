@@ -10,6 +10,7 @@ import torch
 
 import robench
 from robench.api import Attack, Defense
+from robench.outcomes import read_outcomes
 from robench.registry import build_registry
 from robench.results import COLUMNS, read_results
 
@@ -251,3 +252,31 @@ def test_a_minimisation_attack_runs_once_and_is_scored_at_every_eps(tmp_path, re
     acc = list(rows["accuracy"])
     assert acc == sorted(acc, reverse=True), "robust accuracy must not grow with ε"
     assert acc[-1] < acc[0] <= df[df["kind"] == "clean"]["accuracy"].item()
+
+
+def test_per_example_outcomes_recompute_every_row(tiny_run):
+    tmp, df = tiny_run
+    out = read_outcomes(tmp / "out")
+    n = int(df["n_examples"].iloc[0])
+    assert len(out.example_index) == n == len(set(out.example_index.tolist()))
+    for _, row in df.iterrows():
+        if row["kind"] == "clean":
+            vector = out.get(row["defense"], "clean")
+        elif row["kind"] == "attack":
+            vector = out.get(row["defense"], row["attack"], row["norm"], row["eps"])
+            assert not (vector & ~out.get(row["defense"], "clean")).any()
+        else:
+            vector = out.worst_case(row["defense"], row["norm"], row["eps"])
+        assert int(vector.sum()) == row["n_correct"]
+    # the worst case over a subset of the attacks, after the run, without attacking again
+    fgsm_only = out.worst_case("standard", "linf", 0.2, attacks=["fgsm"])
+    both = out.worst_case("standard", "linf", 0.2)
+    assert (both <= fgsm_only).all()
+    assert fgsm_only.sum() == df.query("attack == 'fgsm' and eps == 0.2")["n_correct"].item()
+
+
+def test_every_accuracy_has_a_wilson_interval(tiny_run):
+    _, df = tiny_run
+    assert (df["ci_low"] <= df["accuracy"]).all() and (df["accuracy"] <= df["ci_high"]).all()
+    assert ((df["ci_high"] - df["ci_low"]) > 0).all()
+    assert (df["ci_low"] >= 0).all() and (df["ci_high"] <= 1).all()
