@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from robench.errors import ConfigError
 from robench.plugin import Params
-from robench.registry import Entry, Registry, get_registry
+from robench.registry import Entry, Registry, get_registry, unknown_name_message
 from robench.specs import Epsilon, NormName
 from robench.training import TrainingConfig
 from robench.validation import Validator, check_unique, raise_one_line
@@ -83,6 +83,8 @@ class _DefenseTable(_PluginTable):
 class _AttackTable(_PluginTable):
     label: str | None = None
     norm: NormName = "linf"
+    #: a transfer attack: craft on this defense's model, score on every defense
+    source: str | None = None
     eps: list[Epsilon] = Field(min_length=1)
 
     @field_validator("eps", mode="before")
@@ -130,6 +132,9 @@ class AttackUse(PluginUse):
     label: str = ""
     norm: str = "linf"
     eps: tuple[float, ...] = ()
+    #: transfer attack: the label of the defense whose model the examples are crafted on
+    #: ("" for white-box: each defense's own model)
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,13 @@ class Benchmark:
                 for d in self.defenses
             ],
             "attacks": [
-                {"label": a.label, **plug(a), "norm": a.norm, "eps": list(a.eps)}
+                {
+                    "label": a.label,
+                    **plug(a),
+                    "norm": a.norm,
+                    "eps": list(a.eps),
+                    "source": a.source or None,
+                }
                 for a in self.attacks
             ],
         }
@@ -248,6 +259,13 @@ def load_benchmark(
         where = f"attacks[{i}]"
         entry = v.entry("attack", a.name, where)
         v.norm(entry, a.norm, where)
+        labels = [d.label for d in defenses]
+        if a.source is not None and a.source not in labels:
+            raise ConfigError(
+                unknown_name_message("source defense", a.source, labels),
+                field=f"{where}.source",
+                source=source,
+            )
         attacks.append(
             AttackUse(
                 entry,
@@ -255,6 +273,7 @@ def load_benchmark(
                 label=a.label or a.name,
                 norm=a.norm,
                 eps=tuple(a.eps),
+                source=a.source or "",
             )
         )
     check_unique([a.label for a in attacks], "attacks", source)

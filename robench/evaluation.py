@@ -37,10 +37,13 @@ def attack_outcome(
     clean_correct: torch.Tensor,
     batch_size: int,
     keep: torch.Tensor | None = None,
+    source: nn.Module | None = None,
 ) -> AttackOutcome:
     """Attack the clean-correct examples and report which stay correct.
 
     With ``keep`` (a tensor shaped like ``x``), the adversarial examples are written into it.
+    With ``source``, a transfer attack: the examples are crafted on ``source`` and scored on
+    ``model``.
 
     An example misclassified without attack counts as not robust (as in AutoAttack and
     RobustBench), so robust accuracy can never exceed clean accuracy by construction.
@@ -49,7 +52,7 @@ def attack_outcome(
     idx = clean_correct.nonzero().flatten()
     n_bad, worst = 0, 0.0
     for chunk in idx.split(batch_size):
-        crafted = craft(attack, model, x[chunk], y[chunk])
+        crafted = craft(attack, source if source is not None else model, x[chunk], y[chunk])
         n_bad += crafted.n_violations
         worst = max(worst, crafted.max_excess)
         robust[chunk] = predict(model, crafted.x_adv, batch_size) == y[chunk]

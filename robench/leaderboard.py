@@ -93,8 +93,10 @@ def summary_table(df: pd.DataFrame) -> str:
         return "(no results)"
     t = df.copy()
     t["column"] = [
-        "clean" if k == "clean" else f"{a} {n} {e:g}"
-        for k, a, n, e in zip(t["kind"], t["attack"], t["norm"], t["eps"], strict=True)
+        "clean" if k == "clean" else f"{a}{'←' + src if src else ''} {n} {e:g}"
+        for k, a, src, n, e in zip(
+            t["kind"], t["attack"], t["source"], t["norm"], t["eps"], strict=True
+        )
     ]
     t["value"] = [
         f"{100 * acc:.1f}" if s == "ok" and pd.notna(acc) else "failed"

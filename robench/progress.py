@@ -74,6 +74,8 @@ class Reporter:
         self._stop_bar()
         self.done += 1
         what = row["attack"]
+        if row.get("source"):
+            what += f" (transfer from {row['source']})"
         if row["kind"] != "clean":
             what += f" {row['norm']} ε={row['eps']:g}"
         if row["status"] == "ok":

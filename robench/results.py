@@ -23,6 +23,7 @@ COLUMNS = (
     "kind",  # "clean" | "attack" | "worst-case"
     "attack",
     "attack_plugin",
+    "source",  # transfer attacks: the defense whose model crafted the examples ("": white-box)
     "norm",
     "eps",
     "n_examples",

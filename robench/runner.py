@@ -91,6 +91,9 @@ class _Run:
         self.bench, self.registry, self.device, self.info = bench, registry, device, info
         self.report, self.writer, self.outcomes = reporter, writer, outcomes
         self.rows: list[dict[str, Any]] = []
+        #: trained models of the defenses that transfer attacks craft on, by label
+        self.sources: dict[str, torch.nn.Module] = {}
+        self.source_labels = {a.source for a in bench.attacks if a.source}
         self.errors: list[dict[str, str]] = []
 
     def add(self, row: dict[str, Any]) -> None:
@@ -152,6 +155,8 @@ class _Run:
             return
         base["train_seconds"] = time.perf_counter() - t0
         self.report.trained(d.label, base["train_seconds"])
+        if d.label in self.source_labels:
+            self.sources[d.label] = model
         n_clean = int(clean.sum())
         base["clean_accuracy"] = n_clean / len(y)
         self.outcomes.add(d.label, "clean", "", 0.0, clean)
@@ -173,12 +178,15 @@ class _Run:
             row = self._attack_row(base, a, eps)
             t1 = time.perf_counter()
             try:
+                source = self._source(a)
                 if a.entry.cls.minimizes:
-                    out = self._minimal_outcome(a, eps, model, x, y, clean, minimal, row)
+                    out = self._minimal_outcome(a, eps, model, x, y, clean, minimal, row, source)
                 else:
                     seed_everything(row["seed"])
                     attack = a.instantiate(ThreatModel(a.norm, eps, self.info.bounds))
-                    out = attack_outcome(model, attack, x, y, clean, bench.evaluation.batch_size)
+                    out = attack_outcome(
+                        model, attack, x, y, clean, bench.evaluation.batch_size, source=source
+                    )
                 n_robust = int(out.robust.sum())
                 row |= {
                     "n_correct": n_robust,
@@ -225,6 +233,7 @@ class _Run:
         clean: torch.Tensor,
         minimal: dict[str, tuple[torch.Tensor, AttackOutcome]],
         row: dict[str, Any],
+        source: torch.nn.Module | None = None,
     ) -> AttackOutcome:
         """Score a minimisation attack at ``eps``. It runs once per defense (with ε = ∞ and
         the cell seed of its first budget); its result is projected into each ε-ball, which
@@ -234,12 +243,20 @@ class _Run:
             seed_everything(row["seed"])
             attack = a.instantiate(ThreatModel(a.norm, math.inf, self.info.bounds))
             x_adv = x.clone()
-            out = attack_outcome(model, attack, x, y, clean, batch, keep=x_adv)
+            out = attack_outcome(model, attack, x, y, clean, batch, keep=x_adv, source=source)
             minimal[a.label] = (x_adv, out)
         x_adv, out = minimal[a.label]
         x_eps = ThreatModel(a.norm, eps, self.info.bounds).project(x_adv, x)
         robust = clean & (predict(model, x_eps, batch) == y)
         return AttackOutcome(robust, out.n_violations, out.max_violation)
+
+    def _source(self, a: AttackUse) -> torch.nn.Module | None:
+        """The model a transfer attack crafts on (None: white-box, the defense's own)."""
+        if not a.source:
+            return None
+        if a.source not in self.sources:
+            raise RuntimeError(f"source defense {a.source!r} has no trained model (it failed)")
+        return self.sources[a.source]
 
     def _train(self, d: DefenseUse, train: Data, ev: Data):
         """Build and train the defense's model; return it with the evaluation set and which
@@ -265,6 +282,7 @@ class _Run:
             "kind": "attack",
             "attack": a.label,
             "attack_plugin": a.entry.name,
+            "source": a.source,
             "norm": a.norm,
             "eps": eps,
             "seed": seed,
@@ -357,8 +375,10 @@ def run(
     outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy())
     state = _Run(bench, registry, dev, info, reporter, writer, outcomes)
     finished = False
+    # the defenses that transfer attacks craft on are trained (and scored) first
+    order = sorted(bench.defenses, key=lambda d: d.label not in state.source_labels)
     try:
-        for d in bench.defenses:
+        for d in order:
             state.defense(d, train, ev)
         finished = True
     finally:

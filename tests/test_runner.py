@@ -280,3 +280,43 @@ def test_every_accuracy_has_a_wilson_interval(tiny_run):
     assert (df["ci_low"] <= df["accuracy"]).all() and (df["accuracy"] <= df["ci_high"]).all()
     assert ((df["ci_high"] - df["ci_low"]) > 0).all()
     assert (df["ci_low"] >= 0).all() and (df["ci_high"] <= 1).all()
+
+
+def test_transfer_attacks_craft_on_the_source_and_are_labelled(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        defenses=[
+            {"name": "mixed", "label": "target", "attack": {"name": "fgsm", "eps": 0.1}},
+            {"name": "standard", "label": "base"},
+        ],
+        attacks=[
+            {"name": "fgsm", "eps": [0.2]},
+            {"name": "fgsm", "label": "fgsm-from-base", "source": "base", "eps": [0.2]},
+        ],
+    )
+    df = robench.run(config, quiet=True)
+    assert list(dict.fromkeys(df["defense"])) == ["base", "target"]  # the source trains first
+    rows = df[df["kind"] == "attack"].set_index(["defense", "attack"])
+    assert rows.loc[("base", "fgsm-from-base"), "source"] == "base"
+    assert rows.loc[("target", "fgsm"), "source"] == ""
+    # on the source itself the transfer attack is the white-box one
+    assert (
+        rows.loc[("base", "fgsm-from-base"), "n_correct"] == rows.loc[("base", "fgsm"), "n_correct"]
+    )
+    # on the target, examples crafted on another model: a weaker attack than white-box FGSM here
+    assert (
+        rows.loc[("target", "fgsm-from-base"), "accuracy"]
+        >= rows.loc[("target", "fgsm"), "accuracy"]
+    )
+    assert (df["status"] == "ok").all()
+    with open(df.attrs["json"]) as fh:
+        assert json.load(fh)["config"]["attacks"][1]["source"] == "base"
+
+
+def test_an_unknown_transfer_source_is_a_config_error(tmp_path):
+    from robench.config import load_benchmark
+    from robench.errors import ConfigError
+
+    config = tiny_config(tmp_path, attacks=[{"name": "fgsm", "eps": 0.1, "source": "standrd"}])
+    with pytest.raises(ConfigError, match=r"attacks\[0\]\.source: .*'standrd'.*did you mean"):
+        load_benchmark(config)
