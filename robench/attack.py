@@ -54,6 +54,11 @@ class Attack(Plugin):
     norms: ClassVar[tuple[Norm, ...]] = NORMS
     #: a minimisation attack: ignores ε and returns the smallest adversarial it finds
     minimizes: ClassVar[bool] = False
+    #: one gradient step (FGSM and the like): an iterative attack should be at least as strong
+    single_step: ClassVar[bool] = False
+    #: uses no gradients (random noise, score- or decision-based black-box attacks): it should
+    #: not beat the white-box attacks; when it does, the gradients are masked
+    gradient_free: ClassVar[bool] = False
 
     def __init__(self, threat: ThreatModel, params: Params | None = None, /, **kwargs) -> None:
         super().__init__(params, **kwargs)

@@ -73,6 +73,7 @@ def build_leaderboard(
             sel = g[(g["kind"] == "worst-case") & (g["norm"] == n) & np.isclose(g["eps"], e)]
             sel = sel[sel["status"] == "ok"]
             row[f"robust {_budget(n, e)}"] = 100 * sel["accuracy"].iloc[0] if len(sel) else np.nan
+        row["flags"] = "; ".join(f for f in clean["flags"] if f) if "flags" in g else ""
         counts = g["n_examples"].dropna()
         row["n_examples"] = int(counts.max()) if len(counts) else 0
         failed = int((g["status"] == "error").sum())

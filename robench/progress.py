@@ -86,6 +86,10 @@ class Reporter:
             result = f"[red]failed: {row['error']}[/]"
         self._print(f"  [{self.done}/{self.total}] {what}: {result}  ({row['seconds']:.1f} s)")
 
+    def flags(self, defense: str, flags: list[str]) -> None:
+        for flag in flags:
+            self._print(f"  [yellow]flag: {flag}[/]")
+
     def worst(self, row: dict[str, Any]) -> None:
         self._print(
             f"  worst case {row['norm']} ε={row['eps']:g}: {100 * row['accuracy']:.1f}%"

@@ -38,6 +38,7 @@ COLUMNS = (
     "train_seconds",
     "seed",
     "attacks",  # worst-case rows: the attacks combined
+    "flags",  # clean rows: the defense's failed trust checks, "; "-separated (robench.checks)
     "status",  # "ok" | "error"
     "error",
 )

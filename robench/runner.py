@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from robench import provenance
+from robench.checks import Score, model_checks, result_checks
 from robench.config import (
     AttackUse,
     Benchmark,
@@ -160,7 +161,7 @@ class _Run:
         n_clean = int(clean.sum())
         base["clean_accuracy"] = n_clean / len(y)
         self.outcomes.add(d.label, "clean", "", 0.0, clean)
-        self.add(
+        clean_row_done = (
             clean_row
             | base
             | {
@@ -170,8 +171,11 @@ class _Run:
                 "max_violation": 0.0,
             }
         )
-        self.report.cell(self.rows[-1])
+        self.add(clean_row_done)
+        self.report.cell(clean_row_done)
 
+        flags = self._model_flags(model, x[clean], y[clean])
+        scores: list[Score] = []
         outcomes: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {}
         minimal: dict[str, tuple[torch.Tensor, AttackOutcome]] = {}  # per minimisation attack
         for a, eps in cells:
@@ -196,6 +200,18 @@ class _Run:
                 }
                 outcomes.setdefault((a.norm, eps), []).append((a.label, out.robust))
                 self.outcomes.add(d.label, a.label, a.norm, eps, out.robust)
+                scores.append(
+                    Score(
+                        a.label,
+                        a.norm,
+                        eps,
+                        n_robust / len(y),
+                        len(y),
+                        single_step=a.entry.cls.single_step,
+                        gradient_free=a.entry.cls.gradient_free,
+                        transfer=bool(a.source) and a.source != d.label,
+                    )
+                )
             except Exception as exc:
                 row = self.fail(row, exc, f"{d.label}: {a.label} {a.norm} eps={eps:g}")
             row["seconds"] = time.perf_counter() - t1
@@ -223,6 +239,12 @@ class _Run:
             self.add(row)
             self.report.worst(row)
 
+        flags += result_checks(scores)
+        clean_index = next(i for i, r in enumerate(self.rows) if r is clean_row_done)
+        self.rows[clean_index] = clean_row_done | {"flags": "; ".join(flags)}
+        self.writer.write(self.rows)
+        self.report.flags(d.label, flags)
+
     def _minimal_outcome(
         self,
         a: AttackUse,
@@ -249,6 +271,15 @@ class _Run:
         x_eps = ThreatModel(a.norm, eps, self.info.bounds).project(x_adv, x)
         robust = clean & (predict(model, x_eps, batch) == y)
         return AttackOutcome(robust, out.n_violations, out.max_violation)
+
+    def _model_flags(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+        """The model checks (on clean-correct examples); a check that fails to run is a flag."""
+        if not len(x):
+            return ["no evaluation example is classified correctly"]
+        try:
+            return model_checks(model, x, y)
+        except Exception as exc:
+            return [f"model checks failed: {type(exc).__name__}: {exc}".splitlines()[0]]
 
     def _source(self, a: AttackUse) -> torch.nn.Module | None:
         """The model a transfer attack crafts on (None: white-box, the defense's own)."""

@@ -22,6 +22,7 @@ class FGSM(Attack):
 
     name = "fgsm"
     norms = ("linf", "l2")
+    single_step = True
 
     class Params(Params):
         random_start: bool = Field(

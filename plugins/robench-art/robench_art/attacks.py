@@ -207,6 +207,15 @@ def make_params(name: str, art_class: type, spec: AttackSpec) -> type[Params]:
     return model
 
 
+#: ART attacks that take one gradient step
+SINGLE_STEP = frozenset({"FastGradientMethod"})
+#: ART attacks that use no gradients (score- and decision-based black-box attacks)
+GRADIENT_FREE = frozenset(
+    {"SquareAttack", "HopSkipJump", "BoundaryAttack", "GeoDA", "SignOPTAttack", "SimBA"}
+    | {"ZooAttack"}
+)
+
+
 def make_attack_class(name: str, art_class: type, spec: AttackSpec) -> type[ArtAttack]:
     """A robench attack class named ``art.<name>`` running ART's ``art_class``."""
     norms = "/".join(_NORM_TEXT[n] for n in spec.norms)
@@ -225,6 +234,8 @@ def make_attack_class(name: str, art_class: type, spec: AttackSpec) -> type[ArtA
             "name": f"art.{name}",
             "norms": spec.norms,
             "minimizes": spec.minimizes,
+            "single_step": name in SINGLE_STEP,
+            "gradient_free": name in GRADIENT_FREE,
             "art_class": art_class,
             "art_signature": dict(inspect.signature(art_class.__init__).parameters),
             "spec": spec,

@@ -197,6 +197,22 @@ def _docstring(spec: Spec) -> str:
     return "\n".join(lines)
 
 
+#: Foolbox attack classes that take one gradient step
+SINGLE_STEP = frozenset({"LinfFastGradientAttack", "L2FastGradientAttack"})
+#: Foolbox attack classes that use no gradients (besides the noise attacks)
+GRADIENT_FREE = frozenset(
+    {
+        "BoundaryAttack",
+        "HopSkipJumpAttack",
+        "GaussianBlurAttack",
+        "InversionAttack",
+        "L2ContrastReductionAttack",
+        "BinarySearchContrastReductionAttack",
+        "LinearSearchContrastReductionAttack",
+    }
+)
+
+
 def make_attack(spec: Spec) -> type[FoolboxAttack]:
     """A robench attack class for one exported Foolbox attack."""
     qualname = spec.name.replace(".", "_")
@@ -210,6 +226,9 @@ def make_attack(spec: Spec) -> type[FoolboxAttack]:
             "name": spec.name,
             "norms": spec.norms,
             "minimizes": spec.mode == "minimization",
+            "single_step": spec.fb_cls.__name__ in SINGLE_STEP,
+            "gradient_free": spec.fb_cls.__name__ in GRADIENT_FREE
+            or "Noise" in spec.fb_cls.__name__,
             "Params": _params(spec),
             "example_params": dict(spec.example_params),
             "foolbox_class": spec.fb_cls,

@@ -1,0 +1,122 @@
+"""Automatic checks that a defense's robustness numbers can be trusted.
+
+Two kinds, both run for every defense by the runner and reported as flags (a short reason
+each) in the ``flags`` column of the defense's clean row and in the leaderboard:
+
+- :func:`model_checks` looks at the trained model: input gradients that are exactly zero
+  (gradient masking by a non-differentiable step), outputs that are probabilities rather than
+  logits (saturated softmax hides gradients), a forward pass that is not deterministic;
+- :func:`result_checks` looks at the scores: robust accuracy growing with ε, a single-step
+  attack beating the iterative ones, a gradient-free attack beating the white-box ones.
+
+A flag is a reason to distrust a number, not proof of a bug; an honest defense raises none.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robench.attack import attack_mode
+
+#: examples used by the model checks
+N_CHECK = 256
+#: share of examples whose input gradient is exactly zero above which gradients count as masked
+ZERO_GRADIENT_SHARE = 0.5
+
+
+def model_checks(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+    """Flags about the trained model, from up to :data:`N_CHECK` examples."""
+    x, y = x[:N_CHECK], y[:N_CHECK]
+    flags = []
+    with attack_mode(model), torch.enable_grad():
+        x_in = x.detach().clone().requires_grad_(True)
+        out = model(x_in)
+        try:
+            (grad,) = torch.autograd.grad(F.cross_entropy(out, y, reduction="sum"), x_in)
+        except RuntimeError:  # the output does not depend on the input through autograd
+            grad = torch.zeros_like(x)
+        with torch.no_grad():
+            again = model(x)
+    zero = (grad.reshape(len(x), -1) == 0).all(dim=1).float().mean().item()
+    if zero > ZERO_GRADIENT_SHARE:
+        flags.append(
+            f"masked gradients: the input gradient is exactly zero for {100 * zero:.0f}% of "
+            "examples"
+        )
+    out = out.detach()
+    if (out >= 0).all() and torch.allclose(out.sum(dim=1), torch.ones(len(out)).to(out), atol=1e-3):
+        flags.append("outputs are probabilities (non-negative, summing to 1), not logits")
+    if not torch.allclose(out, again, rtol=1e-4, atol=1e-5):
+        diff = (out - again).abs().max().item()
+        flags.append(f"non-deterministic forward pass (two passes differ by up to {diff:.3g})")
+    return flags
+
+
+@dataclass(frozen=True)
+class Score:
+    """One attack's robust accuracy at one budget, with what the checks need to know of it."""
+
+    attack: str
+    norm: str
+    eps: float
+    accuracy: float
+    n_examples: int
+    single_step: bool = False
+    gradient_free: bool = False
+    #: transfer attacks (crafted on another model) are left out of the comparisons
+    transfer: bool = False
+
+
+def _tolerance(n: int) -> float:
+    """Slack for comparing two accuracies on ``n`` examples: one point, or one example."""
+    return max(0.01, 1.0 / max(n, 1))
+
+
+def result_checks(scores: Iterable[Score]) -> list[str]:
+    """Flags about one defense's scores."""
+    scores = [s for s in scores if not s.transfer]
+    flags = []
+    by_attack: dict[tuple[str, str], list[Score]] = defaultdict(list)
+    by_budget: dict[tuple[str, float], list[Score]] = defaultdict(list)
+    for s in scores:
+        by_attack[(s.attack, s.norm)].append(s)
+        by_budget[(s.norm, s.eps)].append(s)
+    for (attack, norm), group in by_attack.items():
+        group.sort(key=lambda s: s.eps)
+        for a, b in pairwise(group):
+            if b.accuracy > a.accuracy + _tolerance(b.n_examples):
+                flags.append(
+                    f"non-monotonic in ε: {attack} leaves {100 * b.accuracy:.1f}% at {norm} "
+                    f"{b.eps:g} but {100 * a.accuracy:.1f}% at {a.eps:g}"
+                )
+    for (norm, eps), group in sorted(by_budget.items()):
+        gradient = [s for s in group if not s.gradient_free]
+        iterative = [s for s in gradient if not s.single_step]
+        single = [s for s in gradient if s.single_step]
+        free = [s for s in group if s.gradient_free]
+        if iterative and single:
+            best_single = min(single, key=lambda s: s.accuracy)
+            best_iter = min(iterative, key=lambda s: s.accuracy)
+            if best_single.accuracy < best_iter.accuracy - _tolerance(best_iter.n_examples):
+                flags.append(
+                    f"single-step beats iterative at {norm} {eps:g}: {best_single.attack} "
+                    f"{100 * best_single.accuracy:.1f}% < {best_iter.attack} "
+                    f"{100 * best_iter.accuracy:.1f}%"
+                )
+        if gradient and free:
+            best_free = min(free, key=lambda s: s.accuracy)
+            best_grad = min(gradient, key=lambda s: s.accuracy)
+            if best_free.accuracy < best_grad.accuracy - _tolerance(best_grad.n_examples):
+                flags.append(
+                    f"gradient-free beats white-box at {norm} {eps:g}: {best_free.attack} "
+                    f"{100 * best_free.accuracy:.1f}% < {best_grad.attack} "
+                    f"{100 * best_grad.accuracy:.1f}%"
+                )
+    return flags
