@@ -172,7 +172,10 @@ def list_(patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str
 @main.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
-    "--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="Write a CSV here."
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the leaderboard here: CSV, or a markdown table for a .md file.",
 )
 @click.option("--norm", type=click.Choice(["linf", "l2"]), help="Norm of the ranking budget.")
 @click.option("--eps", type=float, help="Rank at this ε (default: the largest ε present).")
@@ -182,9 +185,10 @@ def leaderboard(
     """Rank the defenses in RESULTS (results.csv files or folders holding one).
 
     One row per defense, ranked by worst-case robust accuracy (the per-example minimum over
-    every attack) at the ranking budget, with clean accuracy and each budget beside it.
+    every attack) at the ranking budget, with its 95 % interval, clean accuracy, each budget
+    and the defense's trust-check flags beside it. -o writes CSV, or markdown for a .md file.
     """
-    from robench.leaderboard import build_leaderboard, load_results
+    from robench.leaderboard import build_leaderboard, load_results, to_markdown
 
     try:
         frames = [load_results(p) for p in results]
@@ -194,5 +198,8 @@ def leaderboard(
     click.echo(board.to_string(index=False))
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
-        board.to_csv(output, index=False)
+        if output.suffix.lower() == ".md":
+            output.write_text(to_markdown(board))
+        else:
+            board.to_csv(output, index=False)
         click.echo(f"wrote {output}", err=True)

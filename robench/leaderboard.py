@@ -111,3 +111,20 @@ def summary_table(df: pd.DataFrame) -> str:
     table.columns.name = None
     table.index.name = None
     return table.to_string()
+
+
+def to_markdown(board: pd.DataFrame) -> str:
+    """The leaderboard as a GitHub markdown table (accuracies in %), ready for a README."""
+    columns = [c for c in board.columns if c not in ("benchmark", "defense_plugin", "status")]
+
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if np.isnan(value) else f"{value:.2f}"
+        return str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += [
+        "| " + " | ".join(cell(v) for v in row) + " |"
+        for row in board[columns].itertuples(index=False)
+    ]
+    return "\n".join(lines) + "\n"

@@ -120,6 +120,13 @@ def test_validate_run_and_leaderboard(tmp_path):
         board.columns
     )
 
+    board_md = tmp_path / "board.md"
+    result = CliRunner().invoke(main, ["leaderboard", str(out), "-o", str(board_md)])
+    assert result.exit_code == 0, result.output
+    lines = board_md.read_text().splitlines()
+    assert lines[0].startswith("| rank | defense |") and lines[1].startswith("|---|")
+    assert len(lines) == 2 + 2 and "robust_ci95" in lines[0] and "flags" in lines[0]
+
     result = CliRunner().invoke(main, ["leaderboard", str(out), "--eps", "0.1"])
     assert result.exit_code == 0 and "linf 0.1" in result.output
     result = CliRunner().invoke(main, ["leaderboard", str(out), "--eps", "0.3"])
