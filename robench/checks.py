@@ -10,6 +10,11 @@ each) in the ``flags`` column of the defense's clean row and in the leaderboard:
   attack beating the iterative ones, a gradient-free attack beating the white-box ones.
 
 A flag is a reason to distrust a number, not proof of a bug; an honest defense raises none.
+
+Unless ``[evaluation] sanity = false``, every defense is also scored by the sanity attacks of
+:func:`sanity_attacks`, whatever the benchmark lists: PGD at L∞ ε = 0.5 (half the data range),
+which must bring accuracy to chance (:func:`chance_check`), and random noise at each of the
+benchmark's budgets, which must not beat the white-box attacks.
 """
 
 from __future__ import annotations
@@ -18,12 +23,23 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robench.attack import attack_mode
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robench.config import AttackUse, Benchmark
+    from robench.dataset import DatasetInfo
+    from robench.registry import Registry
+
+#: labels of the sanity attacks start with this
+SANITY_PREFIX = "sanity:"
+#: the large budget, as a share of the data range, at which PGD must reach chance
+LARGE_EPS = 0.5
 
 #: examples used by the model checks
 N_CHECK = 256
@@ -119,4 +135,51 @@ def result_checks(scores: Iterable[Score]) -> list[str]:
                     f"{100 * best_free.accuracy:.1f}% < {best_grad.attack} "
                     f"{100 * best_grad.accuracy:.1f}%"
                 )
+    return flags
+
+
+def sanity_attacks(bench: Benchmark, registry: Registry, info: DatasetInfo) -> list[AttackUse]:
+    """The sanity attacks for ``bench``: PGD-20 at L∞ ε = 0.5 (of the data range), and random
+    noise (the native ``noise`` attack) at every budget of the benchmark's attacks."""
+    from robench.config import AttackUse
+
+    lo, hi = info.bounds
+    pgd = registry.get("attack", "pgd")
+    noise = registry.get("attack", "noise")
+    uses = [
+        AttackUse(
+            pgd,
+            pgd.cls.Params(steps=20),
+            label=f"{SANITY_PREFIX}pgd-{LARGE_EPS:g}",
+            norm="linf",
+            eps=(LARGE_EPS * (hi - lo),),
+        )
+    ]
+    for norm in ("linf", "l2"):
+        budgets = sorted({e for a in bench.attacks if a.norm == norm for e in a.eps if e > 0})
+        if budgets:
+            uses.append(
+                AttackUse(
+                    noise,
+                    noise.cls.Params(),
+                    label=f"{SANITY_PREFIX}noise",
+                    norm=norm,
+                    eps=tuple(budgets),
+                )
+            )
+    return uses
+
+
+def chance_check(scores: Iterable[Score], num_classes: int) -> list[str]:
+    """Flag a defense that the large-budget sanity PGD does not bring to chance."""
+    chance = 1.0 / num_classes
+    flags = []
+    for s in scores:
+        if s.attack == f"{SANITY_PREFIX}pgd-{LARGE_EPS:g}" and s.accuracy > chance + _tolerance(
+            s.n_examples
+        ):
+            flags.append(
+                f"not broken by a huge budget: PGD at L∞ {s.eps:g} leaves "
+                f"{100 * s.accuracy:.1f}% (chance is {100 * chance:.1f}%)"
+            )
     return flags

@@ -64,6 +64,11 @@ class EvaluationConfig(BaseModel):
         1000, ge=1, description="test examples scored (a seeded random subset); all if unset"
     )
     batch_size: int = Field(500, ge=1)
+    sanity: bool = Field(
+        True,
+        description="also run the sanity attacks (PGD at L∞ ε = 0.5, random noise at every "
+        "budget) that the trust checks use; their rows have kind 'sanity'",
+    )
 
 
 class _PluginTable(BaseModel):

@@ -92,7 +92,7 @@ def summary_table(df: pd.DataFrame) -> str:
     """A compact text table of a results frame: defenses down, attack × budget across (in %)."""
     if df.empty:
         return "(no results)"
-    t = df.copy()
+    t = df[df["kind"] != "sanity"].copy()
     t["column"] = [
         "clean" if k == "clean" else f"{a}{'←' + src if src else ''} {n} {e:g}"
         for k, a, src, n, e in zip(

@@ -46,14 +46,20 @@ class Outcomes:
         except KeyError:
             raise KeyError(f"no outcomes for {defense!r} / {attack!r} {norm} eps={eps:g}") from None
 
-    def attacks(self, defense: str, norm: str, eps: float) -> list[str]:
-        """The attacks with outcomes for this defense and budget."""
-        return [a for d, a, n, e in self.vectors if (d, n, e) == (defense, norm, float(eps))]
+    def attacks(self, defense: str, norm: str, eps: float, *, sanity: bool = False) -> list[str]:
+        """The attacks with outcomes for this defense and budget; with ``sanity``, the
+        sanity attacks too (which the results' worst-case rows leave out)."""
+        return [
+            a
+            for d, a, n, e in self.vectors
+            if (d, n, e) == (defense, norm, float(eps)) and (sanity or not a.startswith("sanity:"))
+        ]
 
     def worst_case(
         self, defense: str, norm: str, eps: float, attacks: Iterable[str] | None = None
     ) -> np.ndarray:
-        """Per example: robust to every one of ``attacks`` (all of this budget's by default)."""
+        """Per example: robust to every one of ``attacks`` (by default all of this budget's,
+        the sanity attacks excepted: the results' worst-case rows)."""
         names = list(attacks) if attacks is not None else self.attacks(defense, norm, eps)
         if not names:
             raise ValueError(f"no attacks given or recorded for {defense!r} at {norm} {eps:g}")

@@ -15,7 +15,14 @@ import pandas as pd
 import torch
 
 from robench import provenance
-from robench.checks import Score, model_checks, result_checks
+from robench.checks import (
+    SANITY_PREFIX,
+    Score,
+    chance_check,
+    model_checks,
+    result_checks,
+    sanity_attacks,
+)
 from robench.config import (
     AttackUse,
     Benchmark,
@@ -95,6 +102,7 @@ class _Run:
         #: trained models of the defenses that transfer attacks craft on, by label
         self.sources: dict[str, torch.nn.Module] = {}
         self.source_labels = {a.source for a in bench.attacks if a.source}
+        self.sanity = sanity_attacks(bench, registry, info) if bench.evaluation.sanity else []
         self.errors: list[dict[str, str]] = []
 
     def add(self, row: dict[str, Any]) -> None:
@@ -125,6 +133,7 @@ class _Run:
             "error": "",
         }
         cells = [(a, eps) for a in bench.attacks for eps in a.eps]
+        sanity_cells = [(a, eps) for a in self.sanity for eps in a.eps]
         clean_row = base | {
             "kind": "clean",
             "attack": "clean",
@@ -178,8 +187,11 @@ class _Run:
         scores: list[Score] = []
         outcomes: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {}
         minimal: dict[str, tuple[torch.Tensor, AttackOutcome]] = {}  # per minimisation attack
-        for a, eps in cells:
+        for a, eps in cells + sanity_cells:
             row = self._attack_row(base, a, eps)
+            sanity = a.label.startswith(SANITY_PREFIX)
+            if sanity:
+                row["kind"] = "sanity"
             t1 = time.perf_counter()
             try:
                 source = self._source(a)
@@ -198,7 +210,8 @@ class _Run:
                     "n_violations": out.n_violations,
                     "max_violation": out.max_violation,
                 }
-                outcomes.setdefault((a.norm, eps), []).append((a.label, out.robust))
+                if not sanity:  # the worst case is over the benchmark's own attacks
+                    outcomes.setdefault((a.norm, eps), []).append((a.label, out.robust))
                 self.outcomes.add(d.label, a.label, a.norm, eps, out.robust)
                 scores.append(
                     Score(
@@ -240,6 +253,7 @@ class _Run:
             self.report.worst(row)
 
         flags += result_checks(scores)
+        flags += chance_check(scores, self.info.num_classes)
         clean_index = next(i for i, r in enumerate(self.rows) if r is clean_row_done)
         self.rows[clean_index] = clean_row_done | {"flags": "; ".join(flags)}
         self.writer.write(self.rows)
@@ -402,6 +416,10 @@ def run(
     }
     writer = ResultsWriter(bench.output_dir, prov)
     n_cells = len(bench.defenses) * (1 + sum(len(a.eps) for a in bench.attacks))
+    if bench.evaluation.sanity:
+        n_cells += len(bench.defenses) * sum(
+            len(a.eps) for a in sanity_attacks(bench, registry, info)
+        )
     reporter.start(bench.name, n_cells, str(dev), len(ev))
     outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy())
     state = _Run(bench, registry, dev, info, reporter, writer, outcomes)

@@ -122,3 +122,25 @@ def test_the_runner_flags_a_masking_defense_and_not_standard_training(tmp_path):
     board = build_leaderboard([df]).set_index("defense")
     assert "masked gradients" in board.loc["rounding", "flags"]
     assert board.loc["standard", "flags"] == ""
+
+
+def test_chance_check_flags_a_defense_a_huge_budget_does_not_break():
+    from robench.checks import chance_check
+
+    broken = Score("sanity:pgd-0.5", "linf", 0.5, 0.0, 500)
+    assert chance_check([broken], num_classes=10) == []
+    unbroken = Score("sanity:pgd-0.5", "linf", 0.5, 0.4, 500)
+    (flag,) = chance_check([unbroken], num_classes=10)
+    assert "leaves 40.0% (chance is 10.0%)" in flag
+
+
+def test_sanity_attacks_run_by_default_and_can_be_switched_off(tmp_path):
+    df = robench.run(tiny_config(tmp_path), quiet=True)
+    sanity = df[df["kind"] == "sanity"]
+    assert set(sanity["attack"]) == {"sanity:pgd-0.5", "sanity:noise"}
+    assert sanity.loc[sanity["attack"] == "sanity:pgd-0.5", "accuracy"].item() <= 0.1
+    # the worst case stays over the benchmark's own attacks
+    assert set(df.loc[df["kind"] == "worst-case", "attacks"]) == {"fgsm+pgd"}
+    config = tiny_config(tmp_path)
+    config["evaluation"]["sanity"] = False
+    assert "sanity" not in set(robench.run(config, quiet=True)["kind"])

@@ -112,7 +112,11 @@ def tiny_run(tmp_path_factory):
 def test_results_are_a_tidy_typed_table(tiny_run):
     _, df = tiny_run
     assert list(df.columns) == list(COLUMNS)
-    assert len(df) == 1 + 4 + 2  # clean, 2 attacks × 2 eps, worst case per eps
+    # clean, 2 attacks × 2 eps, worst case per eps, sanity: PGD at 0.5 and noise at both eps
+    assert len(df) == 1 + 4 + 2 + 3
+    assert list(df.loc[df["kind"] == "sanity", "attack"]) == ["sanity:pgd-0.5"] + 2 * [
+        "sanity:noise"
+    ]
     assert (df["status"] == "ok").all()
     assert df["accuracy"].dtype == "float64" and df["eps"].dtype == "float64"
     assert str(df["n_examples"].dtype) == "Int64"
@@ -229,6 +233,7 @@ def test_cli_exit_status_is_1_when_a_cell_failed(tmp_path, registry, monkeypatch
     path.write_text(
         f'name = "t"\noutput_dir = "{tmp_path / "o"}"\n[dataset]\nname = "digits"\n'
         '[model]\nname = "mlp"\n[training]\nepochs = 1\n[evaluation]\nn_examples = 40\n'
+        "sanity = false\n"
         '[[defenses]]\nname = "standard"\n[[attacks]]\nname = "exploding"\neps = [0.1, 0.2]\n'
     )
     result = CliRunner().invoke(main, ["run", str(path), "-q"])
@@ -262,7 +267,7 @@ def test_per_example_outcomes_recompute_every_row(tiny_run):
     for _, row in df.iterrows():
         if row["kind"] == "clean":
             vector = out.get(row["defense"], "clean")
-        elif row["kind"] == "attack":
+        elif row["kind"] in ("attack", "sanity"):
             vector = out.get(row["defense"], row["attack"], row["norm"], row["eps"])
             assert not (vector & ~out.get(row["defense"], "clean")).any()
         else:
