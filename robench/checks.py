@@ -95,6 +95,18 @@ def _tolerance(n: int) -> float:
     return max(0.01, 1.0 / max(n, 1))
 
 
+def _beats(weaker: list[Score], stronger: list[Score], what: str) -> list[str]:
+    """A flag if the strongest of ``weaker`` (a kind of attack that should be the weaker)
+    beats the strongest of ``stronger`` by more than the tolerance."""
+    if not (weaker and stronger):
+        return []
+    w = min(weaker, key=lambda s: s.accuracy)
+    st = min(stronger, key=lambda s: s.accuracy)
+    if w.accuracy >= st.accuracy - _tolerance(st.n_examples):
+        return []
+    return [f"{what}: {w.attack} {100 * w.accuracy:.1f}% < {st.attack} {100 * st.accuracy:.1f}%"]
+
+
 def result_checks(scores: Iterable[Score]) -> list[str]:
     """Flags about one defense's scores."""
     scores = [s for s in scores if not s.transfer]
@@ -117,24 +129,8 @@ def result_checks(scores: Iterable[Score]) -> list[str]:
         iterative = [s for s in gradient if not s.single_step]
         single = [s for s in gradient if s.single_step]
         free = [s for s in group if s.gradient_free]
-        if iterative and single:
-            best_single = min(single, key=lambda s: s.accuracy)
-            best_iter = min(iterative, key=lambda s: s.accuracy)
-            if best_single.accuracy < best_iter.accuracy - _tolerance(best_iter.n_examples):
-                flags.append(
-                    f"single-step beats iterative at {norm} {eps:g}: {best_single.attack} "
-                    f"{100 * best_single.accuracy:.1f}% < {best_iter.attack} "
-                    f"{100 * best_iter.accuracy:.1f}%"
-                )
-        if gradient and free:
-            best_free = min(free, key=lambda s: s.accuracy)
-            best_grad = min(gradient, key=lambda s: s.accuracy)
-            if best_free.accuracy < best_grad.accuracy - _tolerance(best_grad.n_examples):
-                flags.append(
-                    f"gradient-free beats white-box at {norm} {eps:g}: {best_free.attack} "
-                    f"{100 * best_free.accuracy:.1f}% < {best_grad.attack} "
-                    f"{100 * best_grad.accuracy:.1f}%"
-                )
+        flags += _beats(single, iterative, f"single-step beats iterative at {norm} {eps:g}")
+        flags += _beats(free, gradient, f"gradient-free beats white-box at {norm} {eps:g}")
     return flags
 
 
