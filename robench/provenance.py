@@ -8,9 +8,14 @@ import sys
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robench.config import AttackUse, Benchmark
+    from robench.dataset import DatasetInfo
+    from robench.registry import Registry
 
 #: Distributions whose versions are recorded with every result when installed.
 LIBRARIES = (
@@ -75,3 +80,64 @@ def now() -> str:
 
 def command_line() -> list[str]:
     return list(sys.argv)
+
+
+def run_record(
+    bench: Benchmark,
+    registry: Registry,
+    info: DatasetInfo,
+    data_root: Path,
+    device: torch.device,
+    n_train: int,
+    n_eval: int,
+    extra_attacks: list[AttackUse],
+) -> dict[str, Any]:
+    """The provenance of a benchmark run, written beside its results: resolved config, seeds,
+    dataset, the plugins used (``extra_attacks``: those the runner adds, e.g. sanity attacks)
+    with their distributions and versions, device and git state."""
+    from robench.specs import AttackSpec
+
+    used = [bench.dataset.entry, bench.model.entry]
+    for d in bench.defenses:
+        used += [d.entry, (d.model or bench.model).entry]
+        used += [
+            registry.get("attack", v.name)
+            for v in d.params.__dict__.values()
+            if isinstance(v, AttackSpec)
+        ]
+    used += [a.entry for a in (*bench.attacks, *extra_attacks)]
+    where = bench.source.resolve().parent if bench.source else Path.cwd()
+    return {
+        "benchmark": bench.name,
+        "status": "running",
+        "started": now(),
+        "command": command_line(),
+        "config_file": str(bench.source) if bench.source else None,
+        "config": bench.resolved(),
+        "seeds": {
+            "benchmark": bench.seed,
+            "training": bench.seed,
+            "eval_subset": bench.seed,
+            "cells": "per row (column 'seed'), derived from the benchmark seed",
+        },
+        "dataset": {
+            "name": info.name,
+            "note": info.note,
+            "data_root": str(data_root),
+            "train_examples": n_train,
+            "eval_examples": n_eval,
+        },
+        "versions": versions(tuple(sorted({e.distribution for e in used}))),
+        "plugins": [
+            {
+                "kind": e.kind,
+                "name": e.name,
+                "plugin": e.plugin,
+                "distribution": e.distribution,
+                "version": e.version,
+            }
+            for e in dict.fromkeys(used)
+        ],
+        "device": device_info(device),
+        "git": git_state(where),
+    }

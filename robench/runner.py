@@ -95,6 +95,7 @@ class _Run:
         reporter: Reporter,
         writer: ResultsWriter,
         outcomes: OutcomeWriter,
+        sanity: list[AttackUse],
     ) -> None:
         self.bench, self.registry, self.device, self.info = bench, registry, device, info
         self.report, self.writer, self.outcomes = reporter, writer, outcomes
@@ -102,7 +103,8 @@ class _Run:
         #: trained models of the defenses that transfer attacks craft on, by label
         self.sources: dict[str, torch.nn.Module] = {}
         self.source_labels = {a.source for a in bench.attacks if a.source}
-        self.sanity = sanity_attacks(bench, registry, info) if bench.evaluation.sanity else []
+        #: the sanity attacks run on every defense besides the benchmark's own (robench.checks)
+        self.sanity = sanity
         self.errors: list[dict[str, str]] = []
 
     def add(self, row: dict[str, Any]) -> None:
@@ -181,6 +183,7 @@ class _Run:
                 "max_violation": 0.0,
             }
         )
+        clean_index = len(self.rows)
         self.add(clean_row_done)
         self.report.cell(clean_row_done)
 
@@ -255,7 +258,6 @@ class _Run:
 
         flags += result_checks(scores)
         flags += chance_check(scores, self.info.num_classes)
-        clean_index = next(i for i, r in enumerate(self.rows) if r is clean_row_done)
         self.rows[clean_index] = clean_row_done | {"flags": "; ".join(flags)}
         self.writer.write(self.rows)
         self.report.flags(d.label, flags)
@@ -371,59 +373,13 @@ def run(
     test = dataset.load("test", root)
     ev_index = eval_indices(len(test), bench.evaluation.n_examples, bench.seed)
     ev = Data(test.x[ev_index], test.y[ev_index])
-    used = [bench.dataset.entry, bench.model.entry]
-    for d in bench.defenses:
-        used += [d.entry, (d.model or bench.model).entry]
-        used += [
-            registry.get("attack", v.name)
-            for v in d.params.__dict__.values()
-            if isinstance(v, AttackSpec)
-        ]
-    used += [a.entry for a in bench.attacks]
-    where = bench.source.resolve().parent if bench.source else Path.cwd()
-    prov: dict[str, Any] = {
-        "benchmark": bench.name,
-        "status": "running",
-        "started": provenance.now(),
-        "command": provenance.command_line(),
-        "config_file": str(bench.source) if bench.source else None,
-        "config": bench.resolved(),
-        "seeds": {
-            "benchmark": bench.seed,
-            "training": bench.seed,
-            "eval_subset": bench.seed,
-            "cells": "per row (column 'seed'), derived from the benchmark seed",
-        },
-        "dataset": {
-            "name": info.name,
-            "note": info.note,
-            "data_root": str(root),
-            "train_examples": len(train),
-            "eval_examples": len(ev),
-        },
-        "versions": provenance.versions(tuple(sorted({e.distribution for e in used}))),
-        "plugins": [
-            {
-                "kind": e.kind,
-                "name": e.name,
-                "plugin": e.plugin,
-                "distribution": e.distribution,
-                "version": e.version,
-            }
-            for e in dict.fromkeys(used)
-        ],
-        "device": provenance.device_info(dev),
-        "git": provenance.git_state(where),
-    }
+    sanity = sanity_attacks(bench, registry, info) if bench.evaluation.sanity else []
+    prov = provenance.run_record(bench, registry, info, root, dev, len(train), len(ev), sanity)
     writer = ResultsWriter(bench.output_dir, prov)
-    n_cells = len(bench.defenses) * (1 + sum(len(a.eps) for a in bench.attacks))
-    if bench.evaluation.sanity:
-        n_cells += len(bench.defenses) * sum(
-            len(a.eps) for a in sanity_attacks(bench, registry, info)
-        )
+    n_cells = len(bench.defenses) * (1 + sum(len(a.eps) for a in (*bench.attacks, *sanity)))
     reporter.start(bench.name, n_cells, str(dev), len(ev))
     outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy())
-    state = _Run(bench, registry, dev, info, reporter, writer, outcomes)
+    state = _Run(bench, registry, dev, info, reporter, writer, outcomes, sanity)
     finished = False
     # the defenses that transfer attacks craft on are trained (and scored) first
     order = sorted(bench.defenses, key=lambda d: d.label not in state.source_labels)
