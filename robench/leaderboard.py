@@ -32,9 +32,9 @@ def build_leaderboard(
     The ranking budget is ``norm``/``eps``; by default L∞ if present (else L2) at the largest ε
     present. Columns: rank, benchmark, defense, clean accuracy, the worst-case robust accuracy
     at the ranking budget with its 95 % Wilson interval and the attack that was strongest
-    there, then the worst-case robust
-    accuracy at every budget (one column each), the number of examples and the run's status.
-    Accuracies are percentages.
+    there, then the worst-case robust accuracy at every budget (one column each), the
+    defense's trust-check flags, the number of examples and the run's status. Accuracies are
+    percentages.
     """
     df = pd.concat(frames, ignore_index=True)
     worst = df[(df["kind"] == "worst-case") & (df["status"] == "ok")]

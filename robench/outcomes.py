@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import io
 import json
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from robench.checks import SANITY_PREFIX
+from robench.results import atomic_write
 
 FILENAME = "outcomes.npz"
 _INDEX = "example_index"
@@ -52,7 +54,8 @@ class Outcomes:
         return [
             a
             for d, a, n, e in self.vectors
-            if (d, n, e) == (defense, norm, float(eps)) and (sanity or not a.startswith("sanity:"))
+            if (d, n, e) == (defense, norm, float(eps))
+            and (sanity or not a.startswith(SANITY_PREFIX))
         ]
 
     def worst_case(
@@ -96,6 +99,4 @@ class OutcomeWriter:
         self.arrays[_key(defense, attack, norm, eps)] = np.packbits(vector)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **self.arrays)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_bytes(buffer.getvalue())
-        os.replace(tmp, self.path)
+        atomic_write(self.path, buffer.getvalue())

@@ -87,9 +87,13 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return to_frame(df.to_dict("records"))
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write(path: Path, data: str | bytes) -> None:
+    """Replace ``path`` with ``data`` at once: a reader never sees a half-written file."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
     os.replace(tmp, path)
 
 
@@ -105,6 +109,6 @@ class ResultsWriter:
 
     def write(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
         df = to_frame(rows)
-        _atomic_write(self.csv, df.to_csv(index=False))
-        _atomic_write(self.json, json.dumps(self.provenance, indent=2, default=str) + "\n")
+        atomic_write(self.csv, df.to_csv(index=False))
+        atomic_write(self.json, json.dumps(self.provenance, indent=2, default=str) + "\n")
         return df
