@@ -26,6 +26,21 @@ def tiny_config(tmp_path, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+def validate_with_attack(tmp_path, attack_table: str):
+    """``robench validate`` (click's test runner) on a tiny digits benchmark whose one
+    ``[[attacks]]`` table is ``attack_table`` (TOML lines); returns the click result."""
+    from click.testing import CliRunner
+
+    from robench.cli import main
+
+    path = tmp_path / "bench.toml"
+    path.write_text(
+        'name = "b"\n[dataset]\nname = "digits"\n[model]\nname = "small-cnn"\n'
+        '[[defenses]]\nname = "standard"\n[[attacks]]\n' + attack_table
+    )
+    return CliRunner().invoke(main, ["validate", str(path)])
+
+
 def plugin_module(name: str, **hooks: Any) -> types.ModuleType:
     """A throwaway plugin module holding the given hook implementations."""
     mod = types.ModuleType(name)

@@ -25,7 +25,7 @@ from robench.runner import eval_subset
 from robench.threat import TOLERANCE, ThreatModel
 from robench.training import TrainingConfig
 
-from .helpers import tiny_config
+from .helpers import tiny_config, validate_with_attack
 
 pytest.importorskip("art", reason="adversarial-robustness-toolbox is not installed")
 robench_art = pytest.importorskip("robench_art", reason="plugins/robench-art is not installed")
@@ -173,13 +173,9 @@ def test_an_unsupported_norm_is_a_config_error(tmp_path):
 
 
 def test_validate_reports_a_misspelled_key_in_one_line(tmp_path):
-    bench = tmp_path / "bench.toml"
-    bench.write_text(
-        'name = "b"\n[dataset]\nname = "digits"\n[model]\nname = "small-cnn"\n'
-        '[[defenses]]\nname = "standard"\n'
-        '[[attacks]]\nname = "art.ProjectedGradientDescent"\neps = 0.1\nmax_iterr = 5\n'
+    result = validate_with_attack(
+        tmp_path, 'name = "art.ProjectedGradientDescent"\neps = 0.1\nmax_iterr = 5\n'
     )
-    result = CliRunner().invoke(main, ["validate", str(bench)])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "attacks[0].max_iterr" in lines[0]

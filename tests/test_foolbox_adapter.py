@@ -20,7 +20,7 @@ from robench.errors import ConfigError
 from robench.registry import build_registry
 from robench.threat import TOLERANCE, ThreatModel
 
-from .helpers import tiny_config, trained_digits_mlp
+from .helpers import tiny_config, trained_digits_mlp, validate_with_attack
 
 foolbox = pytest.importorskip("foolbox")
 robench_foolbox = pytest.importorskip("robench_foolbox")
@@ -250,18 +250,11 @@ def test_wrong_type_and_unsupported_norm_are_refused(tmp_path) -> None:
 
 
 def test_validate_cli_gives_one_line_and_exit_2(tmp_path) -> None:
-    path = tmp_path / "bench.toml"
-    path.write_text(
-        'name = "fb"\n[dataset]\nname = "digits"\n[model]\nname = "small-cnn"\n'
-        '[[defenses]]\nname = "standard"\n'
-        '[[attacks]]\nname = "foolbox.LinfPGD"\neps = [0.1]\nstepz = 5\n'
-    )
-    result = CliRunner().invoke(main, ["validate", str(path)])
+    result = validate_with_attack(tmp_path, 'name = "foolbox.LinfPGD"\neps = [0.1]\nstepz = 5\n')
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "attacks[0].stepz" in lines[0] and "Traceback" not in lines[0]
-    path.write_text(path.read_text().replace("stepz", "steps"))
-    result = CliRunner().invoke(main, ["validate", str(path)])
+    result = validate_with_attack(tmp_path, 'name = "foolbox.LinfPGD"\neps = [0.1]\nsteps = 5\n')
     assert result.exit_code == 0, result.output
 
 
