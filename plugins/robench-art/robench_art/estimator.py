@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from robench.adapt import model_device_dtype
+
 
 class Float32Logits(nn.Module):
     """Calls ``model`` (held weakly) on its input cast to ``dtype``; returns float32 logits
@@ -37,14 +39,6 @@ class Float32Logits(nn.Module):
             raise RuntimeError("the model wrapped for ART no longer exists")
         logits = model(x.to(self.dtype)).to(torch.float32)
         return logits.softmax(dim=1) if self.probabilities else logits
-
-
-def model_device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:
-    """The device and floating dtype of the model's first parameter or buffer (else ``x``'s)."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return x.device, x.dtype if x.is_floating_point() else torch.float32
 
 
 #: model -> {(bounds, input shape, device, dtype, probabilities): PyTorchClassifier}

@@ -22,11 +22,11 @@ from foolbox.criteria import Misclassification
 from pydantic import TypeAdapter, create_model, field_validator
 from torch import nn
 
-from robench.adapt import params_from_signature
+from robench.adapt import model_device_dtype, params_from_signature
 from robench.api import Attack, Params
 from robench.threat import Norm
 from robench_foolbox.catalog import FROM_THREAT, HIDDEN, NAN_IS_FAILURE, NEEDS_START, Spec
-from robench_foolbox.fmodel import foolbox_model, model_device
+from robench_foolbox.fmodel import foolbox_model
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class FoolboxAttack(Attack):
         return kwargs
 
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        device = model_device(model, x.device)
+        device, _ = model_device_dtype(model, x)
         fmodel = foolbox_model(model, self.threat.bounds, device)
         xs, ys = x.to(device), y.to(device=device, dtype=torch.long)
         with warnings.catch_warnings():

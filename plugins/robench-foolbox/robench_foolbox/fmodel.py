@@ -20,15 +20,6 @@ _CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple[Any, ...], Any]] = (
 )
 
 
-def model_device(model: nn.Module, fallback: torch.device) -> torch.device:
-    """The device of the model's first parameter or buffer (``fallback`` for a stateless one)."""
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return fallback
-
-
 def _weak_forward(model: nn.Module):
     ref = weakref.ref(model)
 
