@@ -6,8 +6,11 @@ each) in the ``flags`` column of the defense's clean row and in the leaderboard:
 - :func:`model_checks` looks at the trained model: input gradients that are exactly zero
   (gradient masking by a non-differentiable step), outputs that are probabilities rather than
   logits (saturated softmax hides gradients), a forward pass that is not deterministic;
-- :func:`result_checks` looks at the scores: robust accuracy growing with ε, a single-step
-  attack beating the iterative ones, a gradient-free attack beating the white-box ones.
+- :func:`result_checks` looks at the scores: accuracy under attack above clean accuracy (with
+  the clean-misclassified examples attacked too: robust accuracy itself counts only examples
+  that are correct clean, so it cannot exceed clean accuracy by construction), robust accuracy
+  growing with ε, a single-step attack beating the iterative ones, a gradient-free attack
+  beating the white-box ones.
 
 A flag is a reason to distrust a number, not proof of a bug; an honest defense raises none.
 
@@ -88,6 +91,10 @@ class Score:
     gradient_free: bool = False
     #: transfer attacks (crafted on another model) are left out of the comparisons
     transfer: bool = False
+    #: accuracy on the adversarial examples of every example (clean-misclassified ones
+    #: attacked too), None if they were not attacked; and the clean accuracy
+    adv_accuracy: float | None = None
+    clean_accuracy: float | None = None
 
 
 def _tolerance(n: int) -> float:
@@ -116,6 +123,15 @@ def result_checks(scores: Iterable[Score]) -> list[str]:
     for s in scores:
         by_attack[(s.attack, s.norm)].append(s)
         by_budget[(s.norm, s.eps)].append(s)
+    for s in scores:
+        if s.gradient_free or s.adv_accuracy is None or s.clean_accuracy is None:
+            continue  # random search may land a misclassified example on the right class
+        if s.adv_accuracy > s.clean_accuracy + _tolerance(s.n_examples):
+            flags.append(
+                f"robust above clean: {s.attack} at {s.norm} {s.eps:g} leaves "
+                f"{100 * s.adv_accuracy:.1f}% correct (clean-misclassified examples attacked "
+                f"too), clean accuracy is {100 * s.clean_accuracy:.1f}%"
+            )
     for (attack, norm), group in by_attack.items():
         group.sort(key=lambda s: s.eps)
         for a, b in pairwise(group):

@@ -85,8 +85,10 @@ def validate(benchmark: Path, data_root: Path | None) -> None:
     except (ConfigError, PluginError) as exc:
         raise _config_error(exc) from None
     cells = sum(len(a.eps) for a in bench.attacks)
+    models = sum(len(d.seeds) for d in bench.defenses)
+    trained = f" ({models} trained models with their seeds)" if models > len(bench.defenses) else ""
     click.echo(
-        f"{benchmark}: ok ({len(bench.defenses)} defenses × {cells} attack budgets, "
+        f"{benchmark}: ok ({len(bench.defenses)} defenses{trained} × {cells} attack budgets, "
         f"dataset {bench.dataset.entry.name}, model {bench.model.entry.name})"
     )
 

@@ -3,7 +3,8 @@
 A benchmark file looks like::
 
     name = "quickstart"
-    seed = 0
+    seed = 0                               # evaluation subset; training seed by default
+    seeds = [0, 1, 2]                      # optional: train (and score) each defense per seed
     output_dir = "../results/quickstart"   # relative to this file
 
     [dataset]
@@ -23,6 +24,7 @@ A benchmark file looks like::
     name = "adversarial"
     label = "pgd-at"                       # optional, unique; defaults to name
     training = { epochs = 15 }             # optional overrides of [training]
+    seeds = [0]                            # optional override of the benchmark's seeds
     attack = { name = "pgd", eps = 0.1, steps = 7 }
 
     [[attacks]]
@@ -69,6 +71,11 @@ class EvaluationConfig(BaseModel):
         description="also run the sanity attacks (PGD at L∞ ε = 0.5, random noise at every "
         "budget) that the trust checks use; their rows have kind 'sanity'",
     )
+    attack_misclassified: bool = Field(
+        True,
+        description="attack the clean-misclassified examples too, for the robust ≤ clean "
+        "check (column adv_accuracy); robust accuracy counts clean-correct examples either way",
+    )
 
 
 class _PluginTable(BaseModel):
@@ -79,8 +86,22 @@ class _PluginTable(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _check_seeds(v: list[int] | None) -> list[int] | None:
+    if v is not None and len(set(v)) != len(v):
+        raise ValueError(f"seeds must be distinct (got {v})")
+    return v
+
+
 class _DefenseTable(_PluginTable):
     label: str | None = None
+    #: training seeds of this defense (default: the benchmark's ``seeds``)
+    seeds: list[int] | None = Field(None, min_length=1)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int] | None) -> list[int] | None:
+        return _check_seeds(v)
+
     training: dict[str, Any] = Field(default_factory=dict)
     model: _PluginTable | None = None
 
@@ -104,6 +125,8 @@ class _File(BaseModel):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     description: str = ""
     seed: int = 0
+    #: training seeds of every defense (default: ``[seed]``)
+    seeds: list[int] | None = Field(None, min_length=1)
     output_dir: str | None = None
     dataset: _PluginTable
     model: _PluginTable
@@ -111,6 +134,11 @@ class _File(BaseModel):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     defenses: list[_DefenseTable] = Field(min_length=1)
     attacks: list[_AttackTable] = Field(default_factory=list)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct(cls, v: list[int] | None) -> list[int] | None:
+        return _check_seeds(v)
 
 
 @dataclass(frozen=True)
@@ -130,6 +158,8 @@ class DefenseUse(PluginUse):
     training: TrainingConfig = field(default_factory=TrainingConfig)
     #: the model this defense trains (the benchmark's ``[model]`` unless overridden)
     model: PluginUse | None = None
+    #: training seeds: the defense is trained and scored once per seed
+    seeds: tuple[int, ...] = (0,)
 
 
 @dataclass(frozen=True)
@@ -180,6 +210,7 @@ class Benchmark:
                     **plug(d),
                     "model": plug(d.model or self.model),
                     "training": d.training.model_dump(mode="json"),
+                    "seeds": list(d.seeds),
                 }
                 for d in self.defenses
             ],
@@ -255,6 +286,7 @@ def load_benchmark(
                 label=d.label or d.name,
                 training=v.training(f.training, d.training, f"{where}.training"),
                 model=own_model,
+                seeds=tuple(d.seeds or f.seeds or [f.seed]),
             )
         )
     check_unique([d.label for d in defenses], "defenses", source)
@@ -264,13 +296,8 @@ def load_benchmark(
         where = f"attacks[{i}]"
         entry = v.entry("attack", a.name, where)
         v.norm(entry, a.norm, where)
-        labels = [d.label for d in defenses]
-        if a.source is not None and a.source not in labels:
-            raise ConfigError(
-                unknown_name_message("source defense", a.source, labels),
-                field=f"{where}.source",
-                source=source,
-            )
+        if a.source is not None:
+            _check_source(a.source, defenses, f"{where}.source", source)
         attacks.append(
             AttackUse(
                 entry,
@@ -307,6 +334,26 @@ def load_benchmark(
     if check_data:
         check_data_and_model(bench, data_root or default_data_root(), source)
     return bench
+
+
+def _check_source(label: str, defenses: list[DefenseUse], where: str, source: str | None):
+    """A transfer attack's source must be a defense trained with every seed of every defense
+    (each seed's models are attacked with the examples crafted on the same seed's source)."""
+    by_label = {d.label: d for d in defenses}
+    if label not in by_label:
+        msg = unknown_name_message("source defense", label, list(by_label))
+        raise ConfigError(msg, field=where, source=source)
+    have = set(by_label[label].seeds)
+    for d in defenses:
+        missing = sorted(set(d.seeds) - have)
+        if missing:
+            raise ConfigError(
+                f"defense {d.label!r} is trained with seeds {missing} that source {label!r} "
+                f"is not (its seeds: {sorted(have)}); a transfer attack crafts on the source "
+                "trained with the same seed",
+                field=where,
+                source=source,
+            )
 
 
 def check_data_and_model(bench: Benchmark, root: Path, source: str | None = None):

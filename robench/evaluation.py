@@ -27,6 +27,9 @@ class AttackOutcome:
     robust: torch.Tensor
     n_violations: int
     max_violation: float
+    #: per example: the adversarial example is classified correctly, clean-misclassified
+    #: examples attacked too (None where only the clean-correct ones were attacked)
+    adv_correct: torch.Tensor | None = None
 
 
 def attack_outcome(
@@ -38,24 +41,30 @@ def attack_outcome(
     batch_size: int,
     keep: torch.Tensor | None = None,
     source: nn.Module | None = None,
+    misclassified: bool = False,
 ) -> AttackOutcome:
     """Attack the clean-correct examples and report which stay correct.
 
-    With ``keep`` (a tensor shaped like ``x``), the adversarial examples are written into it.
-    With ``source``, a transfer attack: the examples are crafted on ``source`` and scored on
-    ``model``.
+    With ``misclassified``, the clean-misclassified examples are attacked too and
+    ``adv_correct`` tells, for every example, whether its adversarial example is classified
+    correctly: the raw accuracy under attack, which a sound attack keeps at or below clean
+    accuracy (the robust ≤ clean check). With ``keep`` (a tensor shaped like ``x``), the
+    adversarial examples are written into it. With ``source``, a transfer attack: the examples
+    are crafted on ``source`` and scored on ``model``.
 
     An example misclassified without attack counts as not robust (as in AutoAttack and
     RobustBench), so robust accuracy can never exceed clean accuracy by construction.
     """
-    robust = torch.zeros_like(clean_correct)
-    idx = clean_correct.nonzero().flatten()
+    adv_correct = torch.zeros_like(clean_correct)
+    idx = torch.arange(len(x), device=x.device) if misclassified else clean_correct.nonzero()
     n_bad, worst = 0, 0.0
-    for chunk in idx.split(batch_size):
+    for chunk in idx.flatten().split(batch_size):
         crafted = craft(attack, source if source is not None else model, x[chunk], y[chunk])
         n_bad += crafted.n_violations
         worst = max(worst, crafted.max_excess)
-        robust[chunk] = predict(model, crafted.x_adv, batch_size) == y[chunk]
+        adv_correct[chunk] = predict(model, crafted.x_adv, batch_size) == y[chunk]
         if keep is not None:
             keep[chunk] = crafted.x_adv
-    return AttackOutcome(robust, n_bad, worst)
+    return AttackOutcome(
+        clean_correct & adv_correct, n_bad, worst, adv_correct if misclassified else None
+    )

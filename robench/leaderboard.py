@@ -24,17 +24,63 @@ def _budget(norm: str, eps: float) -> str:
     return f"{norm} {eps:g}"
 
 
+def _seed_of(g: pd.DataFrame) -> pd.Series:
+    """The training seed of each row (tables from before seeds were recorded: one run, -1)."""
+    if "train_seed" not in g:
+        return pd.Series(-1, index=g.index)
+    return g["train_seed"].astype("Float64").fillna(-1).astype(int)
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (NaN with fewer than two values)."""
+    v = np.array([x for x in values if not np.isnan(x)], dtype=float)
+    if not len(v):
+        return np.nan, np.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else np.nan
+
+
+def _one_seed(g: pd.DataFrame, norm: str, eps: float, budgets: list[tuple[str, float]]):
+    """One training seed's clean accuracy, worst cases, interval, strongest attack, flags."""
+    ok = g[g["status"] == "ok"]
+    clean = ok[ok["kind"] == "clean"]
+    worst = ok[ok["kind"] == "worst-case"]
+
+    def worst_at(n: str, e: float) -> pd.DataFrame:
+        return worst[(worst["norm"] == n) & np.isclose(worst["eps"].astype(float), e)]
+
+    w = worst_at(norm, eps)
+    at = ok[(ok["kind"] == "attack") & (ok["norm"] == norm) & np.isclose(ok["eps"], eps)]
+    return {
+        "clean": 100 * clean["accuracy"].iloc[0] if len(clean) else np.nan,
+        "robust": 100 * w["accuracy"].iloc[0] if len(w) else np.nan,
+        "ci": (100 * w["ci_low"].iloc[0], 100 * w["ci_high"].iloc[0]) if len(w) else None,
+        "strongest": at.sort_values("accuracy")["attack"].iloc[0] if len(at) else "",
+        "budgets": [
+            100 * worst_at(n, e)["accuracy"].iloc[0] if len(worst_at(n, e)) else np.nan
+            for n, e in budgets
+        ],
+        "flags": [f for f in g.loc[g["kind"] == "clean", "flags"] if f],
+        "failed": int((g["status"] == "error").sum()),
+    }
+
+
 def build_leaderboard(
     frames: list[pd.DataFrame], *, norm: str | None = None, eps: float | None = None
 ) -> pd.DataFrame:
     """Rank every (benchmark, defense) of ``frames``.
 
     The ranking budget is ``norm``/``eps``; by default L∞ if present (else L2) at the largest ε
-    present. Columns: rank, benchmark, defense, clean accuracy, the worst-case robust accuracy
-    at the ranking budget with its 95 % Wilson interval and the attack that was strongest
-    there, then the worst-case robust accuracy at every budget (one column each), the
-    defense's trust-check flags, the number of examples and the run's status. Accuracies are
-    percentages.
+    present. Columns: rank, benchmark, defense, the training seeds, clean accuracy, the
+    worst-case robust accuracy at the ranking budget with its 95 % Wilson interval and the
+    attack that was strongest there, then the worst-case robust accuracy at every budget (one
+    column each), the defense's trust-check flags, the number of examples and the run's
+    status. Accuracies are percentages.
+
+    A defense trained with several seeds gets the mean over its seeds, with the sample
+    standard deviation in ``clean_std`` and ``robust_std`` (empty for one seed); its interval
+    is the mean of the seeds' Wilson bounds (the uncertainty from the examples scored; the
+    standard deviation is the one from training), its strongest attack the one strongest for
+    most seeds, and a flag raised for only some seeds names them.
     """
     df = pd.concat(frames, ignore_index=True)
     worst = df[(df["kind"] == "worst-case") & (df["status"] == "ok")]
@@ -51,32 +97,37 @@ def build_leaderboard(
 
     rows = []
     for (bench, defense), g in df.groupby(["benchmark", "defense"], sort=False):
-        clean = g[(g["kind"] == "clean") & (g["status"] == "ok")]
+        seeds = _seed_of(g)
+        per = {s: _one_seed(g[seeds == s], norm, eps, budgets) for s in dict.fromkeys(seeds)}
+        runs = list(per.values())
+        clean, clean_std = _mean_std([r["clean"] for r in runs])
+        robust, robust_std = _mean_std([r["robust"] for r in runs])
+        cis = [r["ci"] for r in runs if r["ci"] is not None]
+        strongest = [r["strongest"] for r in runs if r["strongest"]]
         row = {
             "benchmark": bench,
             "defense": defense,
             "defense_plugin": g["defense_plugin"].iloc[0],
             "model": g["model"].iloc[0],
-            "clean_accuracy": 100 * clean["accuracy"].iloc[0] if len(clean) else np.nan,
+            "seeds": ",".join(str(s) for s in per if s >= 0) or "",
+            "clean_accuracy": clean,
+            "clean_std": clean_std,
+            "robust_accuracy": robust,
+            "robust_std": robust_std,
+            "robust_ci95": (
+                f"{np.mean([lo for lo, _ in cis]):.1f}–{np.mean([hi for _, hi in cis]):.1f}"
+                if cis
+                else ""
+            ),
+            "strongest_attack": max(strongest, key=strongest.count) if strongest else "",
         }
-        at = g[(g["norm"] == norm) & np.isclose(g["eps"].astype(float), eps)]
-        w = at[(at["kind"] == "worst-case") & (at["status"] == "ok")]
-        row["robust_accuracy"] = 100 * w["accuracy"].iloc[0] if len(w) else np.nan
-        row["robust_ci95"] = (
-            f"{100 * w['ci_low'].iloc[0]:.1f}–{100 * w['ci_high'].iloc[0]:.1f}" if len(w) else ""
-        )
-        singles = at[(at["kind"] == "attack") & (at["status"] == "ok")]
-        row["strongest_attack"] = (
-            singles.sort_values("accuracy")["attack"].iloc[0] if len(singles) else ""
-        )
-        for n, e in budgets:
-            sel = g[(g["kind"] == "worst-case") & (g["norm"] == n) & np.isclose(g["eps"], e)]
-            sel = sel[sel["status"] == "ok"]
-            row[f"robust {_budget(n, e)}"] = 100 * sel["accuracy"].iloc[0] if len(sel) else np.nan
-        row["flags"] = "; ".join(f for f in clean["flags"] if f) if "flags" in g else ""
+        for i, (n, e) in enumerate(budgets):
+            row[f"robust {_budget(n, e)}"] = _mean_std([r["budgets"][i] for r in runs])[0]
+        flags = [(s, f) for s, r in per.items() for f in r["flags"]]
+        row["flags"] = "; ".join(f if len(per) == 1 else f"seed {s}: {f}" for s, f in flags)
         counts = g["n_examples"].dropna()
         row["n_examples"] = int(counts.max()) if len(counts) else 0
-        failed = int((g["status"] == "error").sum())
+        failed = sum(r["failed"] for r in runs)
         row["status"] = f"{failed} failed cells" if failed else "complete"
         rows.append(row)
     board = pd.DataFrame(rows)
@@ -84,7 +135,7 @@ def build_leaderboard(
         ["robust_accuracy", "clean_accuracy"], ascending=False, na_position="last", kind="stable"
     ).reset_index(drop=True)
     board.insert(0, "rank", range(1, len(board) + 1))
-    board.insert(6, "ranked_at", _budget(norm, eps))
+    board.insert(board.columns.get_loc("robust_accuracy"), "ranked_at", _budget(norm, eps))
     return board.round(2)
 
 
@@ -93,6 +144,12 @@ def summary_table(df: pd.DataFrame) -> str:
     if df.empty:
         return "(no results)"
     t = df[df["kind"] != "sanity"].copy()
+    seeds = _seed_of(t)
+    several = seeds.groupby(t["defense"]).transform("nunique") > 1
+    t["defense"] = [
+        f"{d} (seed {s})" if many else d
+        for d, s, many in zip(t["defense"], seeds, several, strict=True)
+    ]
     t["column"] = [
         "clean" if k == "clean" else f"{a}{'←' + src if src else ''} {n} {e:g}"
         for k, a, src, n, e in zip(
@@ -114,17 +171,23 @@ def summary_table(df: pd.DataFrame) -> str:
 
 
 def to_markdown(board: pd.DataFrame) -> str:
-    """The leaderboard as a GitHub markdown table (accuracies in %), ready for a README."""
-    columns = [c for c in board.columns if c not in ("benchmark", "defense_plugin", "status")]
+    """The leaderboard as a GitHub markdown table (accuracies in %), ready for a README;
+    a mean over several seeds is shown as mean ± standard deviation."""
+    hidden = ("benchmark", "defense_plugin", "status", "clean_std", "robust_std")
+    columns = [c for c in board.columns if c not in hidden]
 
-    def cell(value: object) -> str:
+    def cell(row: pd.Series, column: str) -> str:
+        value = row[column]
         if isinstance(value, float):
-            return "" if np.isnan(value) else f"{value:.2f}"
+            if np.isnan(value):
+                return ""
+            std = row.get(column.replace("_accuracy", "_std"), np.nan)
+            spread = column.endswith("_accuracy") and not pd.isna(std)
+            return f"{value:.2f} ± {std:.2f}" if spread else f"{value:.2f}"
         return str(value).replace("|", "\\|")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += [
-        "| " + " | ".join(cell(v) for v in row) + " |"
-        for row in board[columns].itertuples(index=False)
+        "| " + " | ".join(cell(row, c) for c in columns) + " |" for _, row in board.iterrows()
     ]
     return "\n".join(lines) + "\n"

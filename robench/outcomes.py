@@ -9,6 +9,7 @@ be recomputed after the run, without attacking again::
 
     out = read_outcomes("results/mnist")
     out.worst_case("pgd-at", "linf", 0.3, attacks=["fgsm", "pgd-40"]).mean()
+    out.worst_case("nsl-base", "linf", 0.3, seed=1)   # a defense trained with several seeds
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ FILENAME = "outcomes.npz"
 _INDEX = "example_index"
 
 
-def _key(defense: str, attack: str, norm: str, eps: float) -> str:
-    return json.dumps([defense, attack, norm, float(eps)])
+def _key(defense: str, seed: int, attack: str, norm: str, eps: float) -> str:
+    return json.dumps([defense, int(seed), attack, norm, float(eps)])
 
 
 @dataclass(frozen=True)
@@ -38,35 +39,78 @@ class Outcomes:
 
     #: the evaluation examples' positions in the dataset's test split
     example_index: np.ndarray
-    #: (defense, attack, norm, eps) → robust per example; attack "clean" holds clean accuracy
-    #: with norm "" and eps 0
-    vectors: dict[tuple[str, str, str, float], np.ndarray]
+    #: (defense, training seed, attack, norm, eps) → robust per example; attack "clean" holds
+    #: clean accuracy with norm "" and eps 0
+    vectors: dict[tuple[str, int, str, str, float], np.ndarray]
 
-    def get(self, defense: str, attack: str, norm: str = "", eps: float = 0.0) -> np.ndarray:
+    def seeds(self, defense: str) -> list[int]:
+        """The training seeds with outcomes for ``defense``."""
+        return sorted({s for d, s, *_ in self.vectors if d == defense})
+
+    def _seed(self, defense: str, seed: int | None) -> int:
+        if seed is not None:
+            return seed
+        seeds = self.seeds(defense)
+        if len(seeds) != 1:
+            found = f"seeds {seeds}: pass seed=" if seeds else "no outcomes"
+            raise KeyError(f"{defense!r}: {found}")
+        return seeds[0]
+
+    def get(
+        self,
+        defense: str,
+        attack: str,
+        norm: str = "",
+        eps: float = 0.0,
+        *,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Per example: robust to ``attack`` at ``norm``/``eps`` (or correct clean, for
+        ``"clean"``). ``seed`` is needed only where the defense was trained with several."""
+        seed = self._seed(defense, seed)
         try:
-            return self.vectors[(defense, attack, norm, float(eps))]
+            return self.vectors[(defense, seed, attack, norm, float(eps))]
         except KeyError:
-            raise KeyError(f"no outcomes for {defense!r} / {attack!r} {norm} eps={eps:g}") from None
+            what = f"{defense!r} (seed {seed}) / {attack!r} {norm} eps={eps:g}"
+            raise KeyError(f"no outcomes for {what}") from None
 
-    def attacks(self, defense: str, norm: str, eps: float, *, sanity: bool = False) -> list[str]:
+    def attacks(
+        self,
+        defense: str,
+        norm: str,
+        eps: float,
+        *,
+        seed: int | None = None,
+        sanity: bool = False,
+    ) -> list[str]:
         """The attacks with outcomes for this defense and budget; with ``sanity``, the
         sanity attacks too (which the results' worst-case rows leave out)."""
+        seed = self._seed(defense, seed)
         return [
             a
-            for d, a, n, e in self.vectors
-            if (d, n, e) == (defense, norm, float(eps))
+            for d, s, a, n, e in self.vectors
+            if (d, s, n, e) == (defense, seed, norm, float(eps))
             and (sanity or not a.startswith(SANITY_PREFIX))
         ]
 
     def worst_case(
-        self, defense: str, norm: str, eps: float, attacks: Iterable[str] | None = None
+        self,
+        defense: str,
+        norm: str,
+        eps: float,
+        attacks: Iterable[str] | None = None,
+        *,
+        seed: int | None = None,
     ) -> np.ndarray:
         """Per example: robust to every one of ``attacks`` (by default all of this budget's,
         the sanity attacks excepted: the results' worst-case rows)."""
-        names = list(attacks) if attacks is not None else self.attacks(defense, norm, eps)
+        seed = self._seed(defense, seed)
+        if attacks is None:
+            attacks = self.attacks(defense, norm, eps, seed=seed)
+        names = list(attacks)
         if not names:
             raise ValueError(f"no attacks given or recorded for {defense!r} at {norm} {eps:g}")
-        return np.logical_and.reduce([self.get(defense, a, norm, eps) for a in names])
+        return np.logical_and.reduce([self.get(defense, a, norm, eps, seed=seed) for a in names])
 
 
 def read_outcomes(folder: str | Path) -> Outcomes:
@@ -80,8 +124,8 @@ def read_outcomes(folder: str | Path) -> Outcomes:
         for name in npz.files:
             if name == _INDEX:
                 continue
-            defense, attack, norm, eps = json.loads(name)
-            vectors[(defense, attack, norm, float(eps))] = np.unpackbits(npz[name])[
+            defense, seed, attack, norm, eps = json.loads(name)
+            vectors[(defense, int(seed), attack, norm, float(eps))] = np.unpackbits(npz[name])[
                 : len(index)
             ].astype(bool)
     return Outcomes(index, vectors)
@@ -94,9 +138,9 @@ class OutcomeWriter:
         self.path = folder / FILENAME
         self.arrays: dict[str, np.ndarray] = {_INDEX: np.asarray(example_index, dtype=np.int64)}
 
-    def add(self, defense: str, attack: str, norm: str, eps: float, robust) -> None:
+    def add(self, defense: str, seed: int, attack: str, norm: str, eps: float, robust) -> None:
         vector = np.asarray(robust.cpu() if hasattr(robust, "cpu") else robust, dtype=bool)
-        self.arrays[_key(defense, attack, norm, eps)] = np.packbits(vector)
+        self.arrays[_key(defense, seed, attack, norm, eps)] = np.packbits(vector)
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **self.arrays)
         atomic_write(self.path, buffer.getvalue())

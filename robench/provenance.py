@@ -116,9 +116,10 @@ def run_record(
         "config": bench.resolved(),
         "seeds": {
             "benchmark": bench.seed,
-            "training": bench.seed,
+            "training": {d.label: list(d.seeds) for d in bench.defenses},
             "eval_subset": bench.seed,
-            "cells": "per row (column 'seed'), derived from the benchmark seed",
+            "cells": "per row (column 'seed'), derived from the row's training seed "
+            "(column 'train_seed') and the cell's defense, attack, norm and ε",
         },
         "dataset": {
             "name": info.name,

@@ -18,6 +18,7 @@ from robench.stats import wilson_interval
 COLUMNS = (
     "benchmark",
     "defense",
+    "train_seed",  # the seed the defense was trained with (one run per seed)
     "defense_plugin",
     "model",
     "kind",  # "clean" | "attack" | "worst-case"
@@ -31,6 +32,8 @@ COLUMNS = (
     "accuracy",
     "ci_low",  # 95 % Wilson interval of the accuracy over the n_examples scored
     "ci_high",
+    "adv_accuracy",  # attack rows: accuracy on the adversarial examples of every example,
+    # clean-misclassified ones attacked too (the robust ≤ clean check); "" if not run
     "clean_accuracy",
     "n_violations",
     "max_violation",
@@ -45,8 +48,10 @@ COLUMNS = (
 
 
 NUMERIC_COLUMNS = (
+    "train_seed",
     "eps",
     "accuracy",
+    "adv_accuracy",
     "ci_low",
     "ci_high",
     "clean_accuracy",
@@ -63,9 +68,10 @@ TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    for c in ("n_examples", "n_correct", "n_violations", "seed"):
+    for c in ("train_seed", "n_examples", "n_correct", "n_violations", "seed"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
-    for c in ("eps", "accuracy", "clean_accuracy", "max_violation", "seconds", "train_seconds"):
+    floats = ("eps", "accuracy", "adv_accuracy", "clean_accuracy", "max_violation", "seconds")
+    for c in (*floats, "train_seconds"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     bounds = [
         wilson_interval(int(k), int(n)) if pd.notna(k) and pd.notna(n) else (math.nan, math.nan)

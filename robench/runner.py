@@ -121,12 +121,14 @@ class _Run:
         self.errors.append({"cell": where, "error": msg, "traceback": traceback.format_exc()})
         return row | {"status": "error", "error": msg}
 
-    def defense(self, d: DefenseUse, train: Data, ev: Data) -> None:
-        """Train ``d``, then score it clean, under every attack × ε, and per-ε worst case."""
+    def defense(self, d: DefenseUse, seed: int, train: Data, ev: Data) -> None:
+        """Train ``d`` with ``seed``, then score it clean, under every attack × ε, and per-ε
+        worst case."""
         bench = self.bench
         base = {
             "benchmark": bench.name,
             "defense": d.label,
+            "train_seed": seed,
             "defense_plugin": d.entry.name,
             "model": (d.model or bench.model).entry.name,
             "n_examples": len(ev),
@@ -141,14 +143,16 @@ class _Run:
             "attack": "clean",
             "norm": "",
             "eps": 0.0,
-            "seed": bench.seed,
+            "seed": seed,
         }
-        self.report.training(d.label)
+        name = d.label if len(d.seeds) == 1 else f"{d.label} (seed {seed})"
+        self.report.training(name)
+        self.sources.pop(d.label, None)  # a transfer source's model of an earlier seed
         t0 = time.perf_counter()
         try:
-            model, x, y, clean = self._train(d, train, ev)
+            model, x, y, clean = self._train(d, seed, train, ev)
         except Exception as exc:
-            clean_row = self.fail(clean_row, exc, f"{d.label}: training")
+            clean_row = self.fail(clean_row, exc, f"{name}: training")
             clean_row["train_seconds"] = time.perf_counter() - t0
             self.add(clean_row)
             self.report.cell(clean_row)
@@ -167,12 +171,12 @@ class _Run:
             self.writer.write(self.rows)
             return
         base["train_seconds"] = time.perf_counter() - t0
-        self.report.trained(d.label, base["train_seconds"])
+        self.report.trained(name, base["train_seconds"])
         if d.label in self.source_labels:
             self.sources[d.label] = model
         n_clean = int(clean.sum())
         base["clean_accuracy"] = n_clean / len(y)
-        self.outcomes.add(d.label, "clean", "", 0.0, clean)
+        self.outcomes.add(d.label, seed, "clean", "", 0.0, clean)
         clean_row_done = (
             clean_row
             | base
@@ -205,18 +209,27 @@ class _Run:
                     seed_everything(row["seed"])
                     attack = a.instantiate(ThreatModel(a.norm, eps, self.info.bounds))
                     out = attack_outcome(
-                        model, attack, x, y, clean, bench.evaluation.batch_size, source=source
+                        model,
+                        attack,
+                        x,
+                        y,
+                        clean,
+                        bench.evaluation.batch_size,
+                        source=source,
+                        misclassified=bench.evaluation.attack_misclassified,
                     )
                 n_robust = int(out.robust.sum())
+                adv = None if out.adv_correct is None else int(out.adv_correct.sum()) / len(y)
                 row |= {
                     "n_correct": n_robust,
                     "accuracy": n_robust / len(y),
+                    "adv_accuracy": adv,
                     "n_violations": out.n_violations,
                     "max_violation": out.max_violation,
                 }
                 if not sanity:  # the worst case is over the benchmark's own attacks
                     outcomes.setdefault((a.norm, eps), []).append((a.label, out.robust))
-                self.outcomes.add(d.label, a.label, a.norm, eps, out.robust)
+                self.outcomes.add(d.label, seed, a.label, a.norm, eps, out.robust)
                 scores.append(
                     Score(
                         a.label,
@@ -224,13 +237,15 @@ class _Run:
                         eps,
                         n_robust / len(y),
                         len(y),
+                        adv_accuracy=adv,
+                        clean_accuracy=base["clean_accuracy"],
                         single_step=a.entry.cls.single_step,
                         gradient_free=a.entry.cls.gradient_free,
                         transfer=bool(a.source) and a.source != d.label,
                     )
                 )
             except Exception as exc:
-                row = self.fail(row, exc, f"{d.label}: {a.label} {a.norm} eps={eps:g}")
+                row = self.fail(row, exc, f"{name}: {a.label} {a.norm} eps={eps:g}")
             row["seconds"] = time.perf_counter() - t1
             self.add(row)
             self.report.cell(row)
@@ -245,7 +260,7 @@ class _Run:
                 "eps": eps,
                 "n_correct": int(worst.sum()),
                 "accuracy": int(worst.sum()) / len(y),
-                "seed": bench.seed,
+                "seed": seed,
                 "attacks": "+".join(labels),
             }
             failed = [
@@ -260,7 +275,7 @@ class _Run:
         flags += chance_check(scores, self.info.num_classes)
         self.rows[clean_index] = clean_row_done | {"flags": "; ".join(flags)}
         self.writer.write(self.rows)
-        self.report.flags(d.label, flags)
+        self.report.flags(name, flags)
 
     def _minimal_outcome(
         self,
@@ -282,12 +297,24 @@ class _Run:
             seed_everything(row["seed"])
             attack = a.instantiate(ThreatModel(a.norm, math.inf, self.info.bounds))
             x_adv = x.clone()
-            out = attack_outcome(model, attack, x, y, clean, batch, keep=x_adv, source=source)
+            everything = self.bench.evaluation.attack_misclassified
+            out = attack_outcome(
+                model,
+                attack,
+                x,
+                y,
+                clean,
+                batch,
+                keep=x_adv,
+                source=source,
+                misclassified=everything,
+            )
             minimal[a.label] = (x_adv, out)
         x_adv, out = minimal[a.label]
         x_eps = ThreatModel(a.norm, eps, self.info.bounds).project(x_adv, x)
-        robust = clean & (predict(model, x_eps, batch) == y)
-        return AttackOutcome(robust, out.n_violations, out.max_violation)
+        correct = predict(model, x_eps, batch) == y
+        adv_correct = correct if out.adv_correct is not None else None
+        return AttackOutcome(clean & correct, out.n_violations, out.max_violation, adv_correct)
 
     def _model_flags(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
         """The model checks (on clean-correct examples); a check that fails to run is a flag."""
@@ -306,15 +333,15 @@ class _Run:
             raise RuntimeError(f"source defense {a.source!r} has no trained model (it failed)")
         return self.sources[a.source]
 
-    def _train(self, d: DefenseUse, train: Data, ev: Data):
-        """Build and train the defense's model; return it with the evaluation set and which
-        evaluation examples it classifies correctly."""
+    def _train(self, d: DefenseUse, seed: int, train: Data, ev: Data):
+        """Build and train the defense's model with ``seed``; return it with the evaluation set
+        and which evaluation examples it classifies correctly."""
         bench = self.bench
-        seed_everything(bench.seed)
+        seed_everything(seed)
         ctx = TrainContext(
             training=d.training,
             device=self.device,
-            seed=bench.seed,
+            seed=seed,
             info=self.info,
             make_attack=self.make_attack,
             progress=lambda e, n, loss: self.report.epoch(d.label, e, n, loss),
@@ -325,7 +352,7 @@ class _Run:
         return model, x, y, predict(model, x, bench.evaluation.batch_size) == y
 
     def _attack_row(self, base: dict[str, Any], a: AttackUse, eps: float) -> dict[str, Any]:
-        seed = cell_seed(self.bench.seed, base["defense"], a.label, a.norm, eps)
+        seed = cell_seed(base["train_seed"], base["defense"], a.label, a.norm, eps)
         return base | {
             "kind": "attack",
             "attack": a.label,
@@ -376,16 +403,20 @@ def run(
     sanity = sanity_attacks(bench, registry, info) if bench.evaluation.sanity else []
     prov = provenance.run_record(bench, registry, info, root, dev, len(train), len(ev), sanity)
     writer = ResultsWriter(bench.output_dir, prov)
-    n_cells = len(bench.defenses) * (1 + sum(len(a.eps) for a in (*bench.attacks, *sanity)))
+    per_model = 1 + sum(len(a.eps) for a in (*bench.attacks, *sanity))
+    n_cells = sum(len(d.seeds) for d in bench.defenses) * per_model
     reporter.start(bench.name, n_cells, str(dev), len(ev))
     outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy())
     state = _Run(bench, registry, dev, info, reporter, writer, outcomes, sanity)
     finished = False
-    # the defenses that transfer attacks craft on are trained (and scored) first
+    # seed by seed; within a seed, the defenses that transfer attacks craft on come first
     order = sorted(bench.defenses, key=lambda d: d.label not in state.source_labels)
+    seeds = list(dict.fromkeys(s for d in bench.defenses for s in d.seeds))
     try:
-        for d in order:
-            state.defense(d, train, ev)
+        for seed in seeds:
+            for d in order:
+                if seed in d.seeds:
+                    state.defense(d, seed, train, ev)
         finished = True
     finally:
         failed = sum(r["status"] == "error" for r in state.rows)

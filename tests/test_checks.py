@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import robench
-from robench.api import Defense
+from robench.api import Attack, Defense
 from robench.checks import Score, model_checks, result_checks
 from robench.leaderboard import build_leaderboard
 from robench.registry import build_registry
@@ -77,6 +77,62 @@ def test_result_checks():
     assert flags[2] == "gradient-free beats white-box at linf 0.2: square 20.0% < fgsm 30.0%"
     # within one point (or one example) is noise, not a flag
     assert result_checks([_s("pgd", 0.1, 0.5), _s("pgd", 0.2, 0.505)]) == []
+
+
+def test_robust_above_clean_is_flagged_when_misclassified_examples_were_attacked():
+    above = _s("pgd", 0.1, 0.5, adv_accuracy=0.95, clean_accuracy=0.9)
+    (flag,) = result_checks([above])
+    assert flag.startswith("robust above clean: pgd at linf 0.1 leaves 95.0% correct")
+    assert result_checks([_s("pgd", 0.1, 0.5, adv_accuracy=0.5, clean_accuracy=0.9)]) == []
+    # not attacked (adv_accuracy None), random search or transfer: no comparison
+    assert result_checks([_s("pgd", 0.1, 0.5, clean_accuracy=0.9)]) == []
+    noise = _s("noise", 0.1, 0.9, adv_accuracy=0.95, clean_accuracy=0.9, gradient_free=True)
+    assert result_checks([noise]) == []
+
+
+class Helpful(Attack):
+    """Gradient DEScent on the loss: moves examples towards their label (a broken attack)."""
+
+    name = "helpful"
+
+    def run(self, model, x, y):
+        x_adv = x.clone().requires_grad_(True)
+        for _ in range(10):
+            loss = nn.functional.cross_entropy(model(x_adv), y)
+            (grad,) = torch.autograd.grad(loss, x_adv)
+            x_adv = self.threat.project(x_adv.detach() - 0.05 * grad.sign(), x)
+            x_adv.requires_grad_(True)
+        return x_adv.detach()
+
+
+@robench.hookimpl
+def robench_register_attacks(register):
+    register(Helpful)
+
+
+def test_the_runner_flags_an_attack_that_makes_the_model_more_accurate(tmp_path):
+    registry = build_registry(
+        entry_points=False,
+        plugins=[plugin_module("helpful", robench_register_attacks=robench_register_attacks)],
+    )
+    config = tiny_config(
+        tmp_path,
+        training={"epochs": 1, "lr": 1e-3},  # a weak model: many misclassified examples
+        attacks=[{"name": "helpful", "eps": [0.2]}, {"name": "pgd", "eps": [0.2], "steps": 3}],
+    )
+    df = robench.run(config, registry=registry, quiet=True)
+    clean = df[df["kind"] == "clean"].iloc[0]
+    helpful = df[df["attack"] == "helpful"].iloc[0]
+    assert helpful["adv_accuracy"] > clean["accuracy"] >= helpful["accuracy"]
+    assert "robust above clean: helpful at linf 0.2" in clean["flags"]
+    pgd = df[df["attack"] == "pgd"].iloc[0]
+    assert pgd["adv_accuracy"] <= clean["accuracy"]
+    assert "robust above clean: pgd" not in clean["flags"]
+    # not attacking the misclassified examples leaves the check out
+    config["evaluation"]["attack_misclassified"] = False
+    df = robench.run(config, registry=registry, quiet=True)
+    assert df["adv_accuracy"].isna().all()
+    assert "robust above clean" not in df[df["kind"] == "clean"].iloc[0]["flags"]
 
 
 class Rounding(Defense):
