@@ -60,6 +60,15 @@ class Attack(Plugin):
     #: not beat the white-box attacks; when it does, the gradients are masked
     gradient_free: ClassVar[bool] = False
 
+    def cost(self) -> float:
+        """Rough cost per example, in forward-backward passes (FGSM: 1, PGD-k: k).
+
+        In a cascade (``[evaluation] cascade = true``) the attacks of one budget run cheapest
+        first, each only on the examples the earlier ones did not fool. The default, 1000,
+        puts an attack that does not say after the native ones.
+        """
+        return 1000.0
+
     def __init__(self, threat: ThreatModel, params: Params | None = None, /, **kwargs) -> None:
         super().__init__(params, **kwargs)
         if threat.norm not in self.norms:

@@ -10,7 +10,13 @@ from robench.registry import get_registry
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 MATCHED = {  # L∞ PGD, 20 steps of 0.01 from the clean input, cross-entropy
-    "native": {"name": "pgd", "steps": 20, "step_size": 0.01, "random_start": False},
+    "native": {
+        "name": "pgd",
+        "steps": 20,
+        "step_size": 0.01,
+        "random_start": False,
+        "early_stop": False,
+    },
     "art": {"name": "art.ProjectedGradientDescent", "max_iter": 20, "eps_step": 0.01},
     "foolbox": {"name": "foolbox.LinfPGD", "steps": 20, "abs_stepsize": 0.01},
 }

@@ -156,7 +156,7 @@ def test_step_sizes(digits) -> None:
     delta = _attack(FGSM(linf, rel_step=0.5), digits) - x
     assert torch.allclose(delta[moves].abs(), torch.tensor(0.05), atol=1e-6)
     assert torch.allclose(l2.distance(_attack(FGSM(l2), digits), x), torch.tensor(0.5))
-    one_step = {"steps": 1, "random_start": False}
+    one_step = {"steps": 1, "random_start": False, "early_stop": False}
     assert torch.allclose(
         linf.distance(_attack(PGD(linf, step_size=0.03, **one_step), digits), x),
         torch.tensor(0.03),
@@ -237,5 +237,41 @@ def test_params_and_metadata() -> None:
         "random_start": True,
         "restarts": 1,
         "loss": "ce",
+        "early_stop": True,
     }
     assert FGSM.Params().model_dump() == {"random_start": False, "rel_step": None, "loss": "ce"}
+
+
+class _Counting(nn.Module):
+    """Counts the examples that go through the model's forward pass."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model, self.seen = model, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen += len(x)
+        return self.model(x)
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize(("random_start", "restarts"), [(False, 1), (True, 1), (True, 3)])
+def test_early_stop_never_raises_robust_accuracy_and_costs_less(
+    digits, norm, random_start, restarts
+):
+    model, x, y = digits
+    model = _Counting(model.double())
+    x = x.double()
+    threat = ThreatModel(norm, 2 * EPS[norm])
+    kw = {"steps": 10, "random_start": random_start, "restarts": restarts}
+    fooled, seen = {}, {}
+    for early in (True, False):
+        model.seen = 0
+        x_adv = _attack(PGD(threat, early_stop=early, **kw), (model, x, y), seed=5)
+        seen[early] = model.seen
+        fooled[early] = _fooled((model, x, y), x_adv)
+    model.model.float()
+    # every example the full run fools, the early-stopped run fools too (same start points)
+    assert (fooled[True] | ~fooled[False]).all()
+    assert fooled[True].sum() >= fooled[False].sum() > 0
+    assert seen[True] < 0.7 * seen[False]  # the fooled examples stop costing steps

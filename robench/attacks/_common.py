@@ -34,10 +34,17 @@ def input_gradient(
 
     Only the input gradient is computed (``torch.autograd.grad``), never weight gradients.
     """
+    return gradient_and_logits(model, x_adv, y, loss)[0]
+
+
+def gradient_and_logits(
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss: LossName
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`input_gradient` and the (detached) logits at ``x_adv``, from one forward pass."""
     x_adv = x_adv.detach().requires_grad_(True)
-    total = per_example_loss(model(x_adv), y, loss).sum()
-    (grad,) = torch.autograd.grad(total, x_adv)
-    return grad
+    logits = model(x_adv)
+    (grad,) = torch.autograd.grad(per_example_loss(logits, y, loss).sum(), x_adv)
+    return grad, logits.detach()
 
 
 def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -66,6 +73,20 @@ class Ball:
             # per-coordinate box: the ball and the bounds at once
             self.low = (x - self.eps).clamp_(min=self.lo)
             self.high = (x + self.eps).clamp_(max=self.hi)
+
+    def select(self, index: torch.Tensor) -> Ball:
+        """The balls of the examples at ``index`` (a batch of fewer examples)."""
+        sub = object.__new__(Ball)
+        sub.x, sub.norm, sub.eps, sub.lo, sub.hi = (
+            self.x[index],
+            self.norm,
+            self.eps,
+            self.lo,
+            self.hi,
+        )
+        if self.norm == "linf":
+            sub.low, sub.high = self.low[index], self.high[index]
+        return sub
 
     def project_(self, x_adv: torch.Tensor) -> torch.Tensor:
         """Project ``x_adv`` (detached) onto the ball and the bounds, in place."""

@@ -47,6 +47,9 @@ class FGSM(Attack):
         rel = p.rel_step if p.rel_step is not None else (1.25 if p.random_start else 1.0)
         return rel * self.threat.eps
 
+    def cost(self) -> float:
+        return 1.0
+
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.threat.eps == 0:
             return x

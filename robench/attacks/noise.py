@@ -28,6 +28,9 @@ class RandomNoise(Attack):
 
     params: Params
 
+    def cost(self) -> float:
+        return self.params.samples / 3  # forward passes only
+
     @torch.no_grad()
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         ball = Ball(x, self.threat)

@@ -7,7 +7,13 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from robench.attack import Attack
-from robench.attacks._common import Ball, LossName, input_gradient, per_example_loss
+from robench.attacks._common import (
+    Ball,
+    LossName,
+    gradient_and_logits,
+    input_gradient,
+    per_example_loss,
+)
 from robench.plugin import Params
 
 
@@ -20,6 +26,11 @@ class PGD(Attack):
     ``restarts > 1`` each example keeps its worst case over restarts: a point that fools the
     model if any restart found one, else the point with the highest loss. Restarts need
     ``random_start`` (they would all be identical), so without it one run is made.
+
+    With ``early_stop`` (the default) an example stops costing steps once misclassified and
+    keeps that adversarial point, and restarts only run on examples not yet fooled. That never
+    finds fewer adversarial examples than running every step: a full run may step off an
+    adversarial point it reached midway; the early-stopped run keeps it.
     """
 
     name = "pgd"
@@ -43,6 +54,11 @@ class PGD(Attack):
         loss: LossName = Field(
             "ce", description="loss to maximise: cross-entropy or the CW logit margin"
         )
+        early_stop: bool = Field(
+            True,
+            description="stop attacking an example at the first point the model misclassifies "
+            "(it is adversarial there); false: every example takes every step",
+        )
 
         @model_validator(mode="after")
         def _one_step_rule(self) -> PGD.Params:
@@ -61,19 +77,29 @@ class PGD(Attack):
         rel = p.rel_step if p.rel_step is not None else 2.5 / p.steps
         return rel * self.threat.eps
 
+    def cost(self) -> float:
+        p = self.params
+        return float(p.steps * (p.restarts if p.random_start else 1))
+
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.threat.eps == 0:
             return x
         p = self.params
         ball = Ball(x, self.threat)
-        restarts, alpha = (p.restarts if p.random_start else 1), self.alpha
+        restarts = p.restarts if p.random_start else 1
+        if restarts == 1:
+            return self._descend(model, ball, ball.random_point() if p.random_start else x, y)
         best = best_loss = best_fooled = None
         for _ in range(restarts):
-            x_adv = ball.random_point() if p.random_start else x
-            for _ in range(p.steps):
-                x_adv = ball.step(x_adv, input_gradient(model, x_adv, y, p.loss), alpha)
-            if restarts == 1:
-                return x_adv
+            start = ball.random_point()  # drawn for every example: the same draws either way
+            if best_fooled is not None and p.early_stop:
+                todo = (~best_fooled).nonzero().flatten()  # fooled ones need no more restarts
+                if not len(todo):
+                    break
+                x_adv = best.clone()
+                x_adv[todo] = self._descend(model, ball.select(todo), start[todo], y[todo])
+            else:
+                x_adv = self._descend(model, ball, start, y)
             with torch.no_grad():
                 logits = model(x_adv)
                 loss = per_example_loss(logits, y, p.loss)
@@ -87,3 +113,39 @@ class PGD(Attack):
             best_loss = torch.where(better, loss, best_loss)
             best_fooled |= fooled
         return best
+
+    def _descend(
+        self, model: nn.Module, ball: Ball, x_adv: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        """``steps`` projected gradient steps from ``x_adv``.
+
+        With ``early_stop``, an example stops at the first point the model misclassifies (it
+        is adversarial there: later steps could only lose it) and leaves the batch, so the
+        remaining steps cost only what is still robust. The check reuses the logits of the
+        gradient's forward pass; dropping the fooled examples costs one device sync per step.
+        """
+        p, alpha = self.params, self.alpha
+        if not p.early_stop:
+            for _ in range(p.steps):
+                x_adv = ball.step(x_adv, input_gradient(model, x_adv, y, p.loss), alpha)
+            return x_adv
+        out = x_adv.clone()
+        index = torch.arange(len(x_adv), device=x_adv.device)
+        for _ in range(p.steps):
+            grad, logits = gradient_and_logits(model, x_adv, y, p.loss)
+            hit = logits.argmax(dim=1) != y
+            if hit.any():
+                out[index[hit]] = x_adv[hit]
+                keep = (~hit).nonzero().flatten()
+                if not len(keep):
+                    return out
+                index, x_adv, grad, y, ball = (
+                    index[keep],
+                    x_adv[keep],
+                    grad[keep],
+                    y[keep],
+                    ball.select(keep),
+                )
+            x_adv = ball.step(x_adv, grad, alpha)
+        out[index] = x_adv
+        return out
