@@ -76,3 +76,22 @@ def params_from_signature(
     model = create_model(model_name, __base__=Params, **fields)
     model.__doc__ = doc or f"Keyword parameters of {getattr(func, '__qualname__', func)}."
     return model
+
+
+#: parameter names that count iterations, and restarts, in ART's and Foolbox's attacks
+_ITERATIONS = ("steps", "max_iter", "nb_iter", "num_iter", "iterations", "max_iterations")
+_RESTARTS = ("num_random_init", "restarts", "nb_restarts", "random_restarts")
+
+
+def iteration_cost(params: Params, *, single_step: bool, gradient_free: bool) -> float:
+    """:meth:`robench.attack.Attack.cost` for a library attack, read from its parameters:
+    iterations × restarts (1 for a single-step attack, 1000 if no iteration count is found),
+    a third of that for gradient-free attacks (forward passes only)."""
+    values = params.model_dump()
+    if single_step:
+        cost = 1.0
+    else:
+        steps = [values[k] for k in _ITERATIONS if isinstance(values.get(k), int)]
+        cost = float(steps[0]) if steps else 1000.0
+        cost *= max([values[k] for k in _RESTARTS if isinstance(values.get(k), int)] or [1])
+    return cost / 3 if gradient_free else cost

@@ -76,6 +76,12 @@ class EvaluationConfig(BaseModel):
         description="attack the clean-misclassified examples too, for the robust ≤ clean "
         "check (column adv_accuracy); robust accuracy counts clean-correct examples either way",
     )
+    cascade: bool = Field(
+        False,
+        description="per budget, run the attacks cheapest first, each only on the examples "
+        "no earlier one fooled: the worst case at a fraction of the cost, but an attack row "
+        "then counts the examples robust to it and every attack before it",
+    )
 
 
 class _PluginTable(BaseModel):
@@ -284,7 +290,9 @@ def load_benchmark(
                 entry,
                 v.params(entry, d.params(), where),
                 label=d.label or d.name,
-                training=v.training(f.training, d.training, f"{where}.training"),
+                training=v.training(
+                    {**entry.cls.training_defaults, **f.training}, d.training, f"{where}.training"
+                ),
                 model=own_model,
                 seeds=tuple(d.seeds or f.seeds or [f.seed]),
             )

@@ -30,6 +30,8 @@ class AttackOutcome:
     #: per example: the adversarial example is classified correctly, clean-misclassified
     #: examples attacked too (None where only the clean-correct ones were attacked)
     adv_correct: torch.Tensor | None = None
+    #: examples the attack was run on
+    n_attacked: int = 0
 
 
 def attack_outcome(
@@ -43,7 +45,8 @@ def attack_outcome(
     source: nn.Module | None = None,
     misclassified: bool = False,
 ) -> AttackOutcome:
-    """Attack the clean-correct examples and report which stay correct.
+    """Attack the clean-correct examples (``clean_correct``: or any subset to attack, such as
+    those still robust in a cascade) and report which stay correct.
 
     With ``misclassified``, the clean-misclassified examples are attacked too and
     ``adv_correct`` tells, for every example, whether its adversarial example is classified
@@ -66,5 +69,9 @@ def attack_outcome(
         if keep is not None:
             keep[chunk] = crafted.x_adv
     return AttackOutcome(
-        clean_correct & adv_correct, n_bad, worst, adv_correct if misclassified else None
+        clean_correct & adv_correct,
+        n_bad,
+        worst,
+        adv_correct if misclassified else None,
+        len(idx),
     )

@@ -27,6 +27,7 @@ from robench.results import atomic_write
 
 FILENAME = "outcomes.npz"
 _INDEX = "example_index"
+_CASCADE = "cascade"
 
 
 def _key(defense: str, seed: int, attack: str, norm: str, eps: float) -> str:
@@ -42,6 +43,10 @@ class Outcomes:
     #: (defense, training seed, attack, norm, eps) → robust per example; attack "clean" holds
     #: clean accuracy with norm "" and eps 0
     vectors: dict[tuple[str, int, str, str, float], np.ndarray]
+    #: a cascade run (``[evaluation] cascade = true``): each attack's vector is cumulative
+    #: (robust to it and every attack before it at that budget), so only the full worst case
+    #: can be recomputed
+    cascade: bool = False
 
     def seeds(self, defense: str) -> list[int]:
         """The training seeds with outcomes for ``defense``."""
@@ -105,6 +110,11 @@ class Outcomes:
         """Per example: robust to every one of ``attacks`` (by default all of this budget's,
         the sanity attacks excepted: the results' worst-case rows)."""
         seed = self._seed(defense, seed)
+        if attacks is not None and self.cascade:
+            raise ValueError(
+                "a cascade run's per-attack outcomes are cumulative: the worst case over a "
+                "subset of its attacks cannot be recomputed (run with cascade = false)"
+            )
         if attacks is None:
             attacks = self.attacks(defense, norm, eps, seed=seed)
         names = list(attacks)
@@ -120,23 +130,27 @@ def read_outcomes(folder: str | Path) -> Outcomes:
         path = path / FILENAME
     with np.load(path) as npz:
         index = npz[_INDEX]
+        cascade = bool(npz[_CASCADE][0]) if _CASCADE in npz.files else False
         vectors = {}
         for name in npz.files:
-            if name == _INDEX:
+            if name in (_INDEX, _CASCADE):
                 continue
             defense, seed, attack, norm, eps = json.loads(name)
             vectors[(defense, int(seed), attack, norm, float(eps))] = np.unpackbits(npz[name])[
                 : len(index)
             ].astype(bool)
-    return Outcomes(index, vectors)
+    return Outcomes(index, vectors, cascade)
 
 
 class OutcomeWriter:
     """Collects per-example outcomes and rewrites ``outcomes.npz`` atomically on each add."""
 
-    def __init__(self, folder: Path, example_index: np.ndarray) -> None:
+    def __init__(self, folder: Path, example_index: np.ndarray, cascade: bool = False) -> None:
         self.path = folder / FILENAME
-        self.arrays: dict[str, np.ndarray] = {_INDEX: np.asarray(example_index, dtype=np.int64)}
+        self.arrays: dict[str, np.ndarray] = {
+            _INDEX: np.asarray(example_index, dtype=np.int64),
+            _CASCADE: np.array([cascade]),
+        }
 
     def add(self, defense: str, seed: int, attack: str, norm: str, eps: float, robust) -> None:
         vector = np.asarray(robust.cpu() if hasattr(robust, "cpu") else robust, dtype=bool)

@@ -35,12 +35,13 @@ COLUMNS = (
     "adv_accuracy",  # attack rows: accuracy on the adversarial examples of every example,
     # clean-misclassified ones attacked too (the robust ≤ clean check); "" if not run
     "clean_accuracy",
+    "n_attacked",  # attack rows: examples the attack ran on (cascade: those still robust)
     "n_violations",
     "max_violation",
     "seconds",
     "train_seconds",
     "seed",
-    "attacks",  # worst-case rows: the attacks combined
+    "attacks",  # worst-case rows: the attacks combined; cascade attack rows: the cascade so far
     "flags",  # clean rows: the defense's failed trust checks, "; "-separated (robench.checks)
     "status",  # "ok" | "error"
     "error",
@@ -60,6 +61,7 @@ NUMERIC_COLUMNS = (
     "train_seconds",
     "n_examples",
     "n_correct",
+    "n_attacked",
     "n_violations",
     "seed",
 )
@@ -68,7 +70,7 @@ TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    for c in ("train_seed", "n_examples", "n_correct", "n_violations", "seed"):
+    for c in ("train_seed", "n_examples", "n_correct", "n_attacked", "n_violations", "seed"):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     floats = ("eps", "accuracy", "adv_accuracy", "clean_accuracy", "max_violation", "seconds")
     for c in (*floats, "train_seconds"):

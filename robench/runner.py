@@ -195,16 +195,25 @@ class _Run:
         scores: list[Score] = []
         outcomes: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {}
         minimal: dict[str, tuple[torch.Tensor, AttackOutcome]] = {}  # per minimisation attack
-        for a, eps in cells + sanity_cells:
+        cascade = bench.evaluation.cascade
+        #: cascade: per budget, the examples robust to every attack so far, and those attacks
+        alive: dict[tuple[str, float], tuple[torch.Tensor, list[str]]] = {}
+        for a, eps in (self._cheapest_first(cells) if cascade else cells) + sanity_cells:
             row = self._attack_row(base, a, eps)
             sanity = a.label.startswith(SANITY_PREFIX)
             if sanity:
                 row["kind"] = "sanity"
+            in_cascade = cascade and not sanity
+            targets, before = alive.get((a.norm, eps), (clean, [])) if in_cascade else (clean, [])
+            # the misclassified examples are attacked by the first attack of a cascade only
+            everything = bench.evaluation.attack_misclassified and not before
             t1 = time.perf_counter()
             try:
                 source = self._source(a)
                 if a.entry.cls.minimizes:
-                    out = self._minimal_outcome(a, eps, model, x, y, clean, minimal, row, source)
+                    out = self._minimal_outcome(
+                        a, eps, model, x, y, clean, targets, everything, minimal, row, source
+                    )
                 else:
                     seed_everything(row["seed"])
                     attack = a.instantiate(ThreatModel(a.norm, eps, self.info.bounds))
@@ -213,11 +222,15 @@ class _Run:
                         attack,
                         x,
                         y,
-                        clean,
+                        targets,
                         bench.evaluation.batch_size,
                         source=source,
-                        misclassified=bench.evaluation.attack_misclassified,
+                        misclassified=everything,
                     )
+                if in_cascade:
+                    alive[(a.norm, eps)] = (out.robust, [*before, a.label])
+                    row["attacks"] = "+".join([*before, a.label])
+                row["n_attacked"] = out.n_attacked
                 n_robust = int(out.robust.sum())
                 adv = None if out.adv_correct is None else int(out.adv_correct.sum()) / len(y)
                 row |= {
@@ -277,6 +290,18 @@ class _Run:
         self.writer.write(self.rows)
         self.report.flags(name, flags)
 
+    def _cheapest_first(self, cells: list[tuple[AttackUse, float]]):
+        """The cells in cascade order: by budget, then by the attack's cost (minimisation
+        attacks last: they run once for every budget, on every clean-correct example)."""
+
+        def cost(cell: tuple[AttackUse, float]) -> float:
+            a, eps = cell
+            if a.entry.cls.minimizes:
+                return math.inf
+            return a.instantiate(ThreatModel(a.norm, eps, self.info.bounds)).cost()
+
+        return sorted(cells, key=lambda c: (c[0].norm, c[1], cost(c)))
+
     def _minimal_outcome(
         self,
         a: AttackUse,
@@ -285,19 +310,23 @@ class _Run:
         x: torch.Tensor,
         y: torch.Tensor,
         clean: torch.Tensor,
+        targets: torch.Tensor,
+        everything: bool,
         minimal: dict[str, tuple[torch.Tensor, AttackOutcome]],
         row: dict[str, Any],
         source: torch.nn.Module | None = None,
     ) -> AttackOutcome:
-        """Score a minimisation attack at ``eps``. It runs once per defense (with ε = ∞ and
-        the cell seed of its first budget); its result is projected into each ε-ball, which
-        keeps every adversarial example that fits the budget and may find more."""
+        """Score a minimisation attack at ``eps`` on ``targets`` (the clean-correct examples,
+        or in a cascade those still robust). It runs once per defense (with ε = ∞ and the
+        cell seed of its first budget, on every clean-correct example); its result is
+        projected into each ε-ball, which keeps every adversarial example that fits the budget
+        and may find more."""
         batch = self.bench.evaluation.batch_size
-        if a.label not in minimal:
+        ran = a.label not in minimal
+        if ran:
             seed_everything(row["seed"])
             attack = a.instantiate(ThreatModel(a.norm, math.inf, self.info.bounds))
             x_adv = x.clone()
-            everything = self.bench.evaluation.attack_misclassified
             out = attack_outcome(
                 model,
                 attack,
@@ -313,8 +342,11 @@ class _Run:
         x_adv, out = minimal[a.label]
         x_eps = ThreatModel(a.norm, eps, self.info.bounds).project(x_adv, x)
         correct = predict(model, x_eps, batch) == y
-        adv_correct = correct if out.adv_correct is not None else None
-        return AttackOutcome(clean & correct, out.n_violations, out.max_violation, adv_correct)
+        adv_correct = correct if out.adv_correct is not None and everything else None
+        n_attacked = out.n_attacked if ran else 0  # later budgets reuse the first run
+        return AttackOutcome(
+            targets & correct, out.n_violations, out.max_violation, adv_correct, n_attacked
+        )
 
     def _model_flags(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
         """The model checks (on clean-correct examples); a check that fails to run is a flag."""
@@ -406,7 +438,7 @@ def run(
     per_model = 1 + sum(len(a.eps) for a in (*bench.attacks, *sanity))
     n_cells = sum(len(d.seeds) for d in bench.defenses) * per_model
     reporter.start(bench.name, n_cells, str(dev), len(ev))
-    outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy())
+    outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy(), bench.evaluation.cascade)
     state = _Run(bench, registry, dev, info, reporter, writer, outcomes, sanity)
     finished = False
     # seed by seed; within a seed, the defenses that transfer attacks craft on come first

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field, create_model
 from torch import nn
 
-from robench.adapt import params_from_signature
+from robench.adapt import iteration_cost, params_from_signature
 from robench.api import Attack, Params, ThreatModel
 from robench_art.catalogue import BUDGETED, EXCLUDED, LINF_L2, MINIMISING, AttackSpec
 from robench_art.estimator import classifier_for
@@ -67,6 +67,11 @@ class ArtAttack(Attack):
         # robench attack instance and model, reused across batches
         self._built: weakref.WeakKeyDictionary[nn.Module, dict[int, tuple[int, Any]]] = (
             weakref.WeakKeyDictionary()
+        )
+
+    def cost(self) -> float:
+        return iteration_cost(
+            self.params, single_step=self.single_step, gradient_free=self.gradient_free
         )
 
     def art_kwargs(self, batch_size: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from foolbox.criteria import Misclassification
 from pydantic import TypeAdapter, create_model, field_validator
 from torch import nn
 
-from robench.adapt import model_device_dtype, params_from_signature
+from robench.adapt import iteration_cost, model_device_dtype, params_from_signature
 from robench.api import Attack, Params
 from robench.threat import Norm
 from robench_foolbox.catalog import FROM_THREAT, HIDDEN, NAN_IS_FAILURE, NEEDS_START, Spec
@@ -47,6 +47,11 @@ class FoolboxAttack(Attack):
     def __init__(self, threat, params: Params | None = None, /, **kwargs: Any) -> None:
         super().__init__(threat, params, **kwargs)
         self.fb_attack = self.foolbox_class(**self.foolbox_kwargs())
+
+    def cost(self) -> float:
+        return iteration_cost(
+            self.params, single_step=self.single_step, gradient_free=self.gradient_free
+        )
 
     def foolbox_kwargs(self) -> dict[str, Any]:
         """The keyword arguments the Foolbox attack is built with."""
