@@ -1,12 +1,15 @@
 """The plugin API in one import: base classes and helpers for writing plugins.
 
 from robench.api import Attack, Defense, Model, Dataset, Params, ThreatModel
+
+It also holds :func:`evaluate`, the robust accuracy of a model of your own under attacks.
 """
 
 from robench.attack import Attack, Crafted, attack_mode, craft
 from robench.dataset import Data, Dataset, DatasetInfo
 from robench.defense import Defense, TrainContext
 from robench.errors import ConfigError, ContractError, PluginError
+from robench.evaluation import Evaluation, evaluate
 from robench.model import Model, Normalize
 from robench.plugin import NoParams, Params, Plugin
 from robench.specs import AttackSpec, Epsilon, NormName
@@ -24,6 +27,7 @@ __all__ = [
     "DatasetInfo",
     "Defense",
     "Epsilon",
+    "Evaluation",
     "Model",
     "NoParams",
     "NormName",
@@ -36,5 +40,6 @@ __all__ = [
     "TrainingConfig",
     "attack_mode",
     "craft",
+    "evaluate",
     "train_loop",
 ]

@@ -69,3 +69,22 @@ def test_a_cascade_run_refuses_worst_cases_over_subsets(both):
     assert out.cascade
     with pytest.raises(ValueError, match="cumulative"):
         out.worst_case("standard", "linf", 0.1, attacks=["fgsm"])
+
+
+def test_evaluate_a_model_of_ones_own():
+    from robench.api import ThreatModel, evaluate
+    from robench.attacks.fgsm import FGSM
+    from robench.attacks.pgd import PGD
+
+    from .helpers import trained_digits_mlp
+
+    model, x, y = trained_digits_mlp(200)
+    threat = ThreatModel("linf", 0.15)
+    attacks = [PGD(threat, steps=10, random_start=False), FGSM(threat)]
+    fast = evaluate(model, x, y, attacks, batch_size=64)
+    full = evaluate(model, x, y, attacks, batch_size=64, cascade=False)
+    assert list(fast.per_attack) == ["fgsm", "pgd"]  # cheapest first
+    assert fast.n_attacked["pgd"] == int(fast.per_attack["fgsm"].sum()) < full.n_attacked["pgd"]
+    assert not (fast.robust & ~full.robust).any()
+    assert fast.robust_accuracy <= full.robust_accuracy < full.clean_accuracy
+    assert full.per_attack["pgd"].sum() <= full.per_attack["fgsm"].sum()
