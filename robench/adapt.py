@@ -80,7 +80,7 @@ def params_from_signature(
 
 #: parameter names that count iterations, and restarts, in ART's and Foolbox's attacks
 _ITERATIONS = ("steps", "max_iter", "nb_iter", "num_iter", "iterations", "max_iterations")
-_RESTARTS = ("num_random_init", "restarts", "nb_restarts", "random_restarts")
+_RESTARTS = ("num_random_init", "nb_random_init", "restarts", "nb_restarts", "random_restarts")
 
 
 def iteration_cost(params: Params, *, single_step: bool, gradient_free: bool) -> float:
