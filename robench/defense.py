@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,19 @@ class TrainContext:
             progress=self.progress,
         )
 
+    def with_training_defaults(self, defaults: Mapping[str, Any]) -> TrainContext:
+        """This context with ``defaults`` for the training settings nobody set explicitly.
+
+        A setting counts as set when the benchmark's ``[training]`` table or the defense's own
+        ``training`` table (or whoever built the :class:`TrainingConfig`) gave it.
+        """
+        cfg = self.training
+        unset = {k: v for k, v in defaults.items() if k not in cfg.model_fields_set}
+        if not unset:
+            return self
+        merged = TrainingConfig.model_validate({**cfg.model_dump(), **unset})
+        return dataclasses.replace(self, training=merged)
+
     def cross_entropy(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Cross-entropy with the configured label smoothing."""
         return F.cross_entropy(logits, y, label_smoothing=self.training.label_smoothing)
@@ -54,6 +68,10 @@ class Defense(Plugin):
     """Base class of defense plugins. Subclasses implement :meth:`fit`."""
 
     kind: ClassVar[str] = "defense"
+    #: training settings this defense uses unless the benchmark sets them (e.g. Fast AT's
+    #: ``{"schedule": "cyclic"}``); applied when a benchmark is loaded (so results record them)
+    #: and by :meth:`TrainContext.with_training_defaults` in the defense's own ``fit``
+    training_defaults: ClassVar[dict[str, Any]] = {}
 
     @abstractmethod
     def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
