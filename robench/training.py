@@ -1,11 +1,18 @@
 """Training settings and the shared training loop that built-in defenses use.
 
 Third-party defenses may reuse :func:`train_loop` with a loss of their own.
+
+The loop is written for GPUs and runs unchanged on the CPU: the training set moves to the device
+once (as uint8 when its images are 8-bit), shuffling and augmentation draw random numbers on the
+device, and the loop never waits for the device between steps. Three options speed it up on a
+GPU: ``precision = "bf16"`` (autocast; CUDA only, fp32 elsewhere), ``channels_last`` and
+``compile`` (falls back to eager mode where torch.compile fails).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Literal
 
@@ -16,6 +23,8 @@ from torch import nn
 
 from robench.dataset import Data
 
+#: ``loss_fn(model, x, y)``: the loss of one training batch. With ``compile`` it is also called
+#: once per batch size in the warm-up, whose effects on the model and the RNGs are undone.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 ProgressFn = Callable[[int, int, float], None]
 
@@ -44,6 +53,23 @@ class TrainingConfig(BaseModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     train_examples: int | None = Field(
         None, ge=1, description="train on the first N examples of a seeded shuffle (all: unset)"
+    )
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32",
+        description="'bf16': bfloat16 autocast around each training batch's forward and loss, "
+        "the inner attack's crafting included (a CUDA option: elsewhere training runs in fp32, "
+        "with a warning)",
+    )
+    channels_last: bool = Field(
+        False,
+        description="model and batches in channels_last memory format (faster convolutions on "
+        "GPUs; the trained model keeps it)",
+    )
+    compile: bool = Field(
+        False,
+        description="train through torch.compile(model), compiled by a warm-up step before the "
+        "first epoch (not counted in any epoch); falls back to eager training, with a warning, "
+        "where compiling fails",
     )
 
     @model_validator(mode="after")
@@ -91,19 +117,133 @@ def make_optimizer(params, cfg: TrainingConfig) -> torch.optim.Optimizer:
 
 
 def crop_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """Random crop with zero padding ``pad`` and random horizontal flip, on x's device."""
-    n, _, h, w = x.shape
+    """Random crop with zero padding ``pad`` and random horizontal flip of a batch N×C×H×W.
+
+    The offsets and flips are drawn from ``generator``, which must be on x's device (e.g.
+    ``torch.Generator(device=x.device).manual_seed(seed)``), so nothing crosses between host and
+    device. Float and uint8 images alike (zero padding commutes with the ``/255`` conversion).
+    """
     dev = x.device
+    if generator.device.type != dev.type:
+        raise ValueError(
+            f"crop_flip: the generator is on {generator.device} but the images are on {dev}; "
+            "pass a torch.Generator(device=x.device)"
+        )
+    n, _, h, w = x.shape
     padded = F.pad(x, (pad, pad, pad, pad))
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=dev)
     rows = (dy.view(n, 1) + torch.arange(h, device=dev).view(1, h)).view(n, 1, h, 1)
     cols = (dx.view(n, 1) + torch.arange(w, device=dev).view(1, w)).view(n, 1, 1, w)
     batch = torch.arange(n, device=dev).view(n, 1, 1, 1)
     chan = torch.arange(x.shape[1], device=dev).view(1, -1, 1, 1)
     out = padded[batch, chan, rows, cols]
-    flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+    flip = torch.rand(n, generator=generator, device=dev) < 0.5
     return torch.where(flip.view(n, 1, 1, 1), out.flip(3), out)
+
+
+#: how many values :func:`as_uint8` checks at a time (16 MiB of float32)
+_CHUNK = 1 << 22
+
+
+def as_uint8(x: torch.Tensor, tol: float = 1e-6) -> torch.Tensor | None:
+    """``round(255·x)`` as uint8 when every value of ``x`` is within ``tol`` of some k/255,
+    k = 0 … 255 (8-bit images in [0, 1]); else None.
+
+    One pass over ``x`` in chunks, on x's own device (the CPU, for a dataset as loaded). The
+    tolerance is in pixel units: float32 holds k/255 only to about 3·10⁻⁸, so ``255·x`` itself
+    can be up to 8·10⁻⁶ away from k.
+    """
+    if not x.is_floating_point():
+        return None
+    flat = x.detach().reshape(-1)
+    out = torch.empty(flat.shape, dtype=torch.uint8, device=x.device)
+    for start in range(0, flat.numel(), _CHUNK):
+        chunk = flat[start : start + _CHUNK].float()
+        q = chunk.mul(255).round_()
+        lo, hi = torch.aminmax(q)
+        if lo < 0 or hi > 255 or q.div(255).sub_(chunk).abs_().max() > tol:
+            return None
+        out[start : start + _CHUNK] = q
+    return out.view(x.shape)
+
+
+class DeviceImages:
+    """A training set's images, moved once to the training device: as uint8 when they are 8-bit
+    (a quarter of float32's memory and bandwidth), else in the model's ``dtype``.
+
+    :meth:`take` gathers a batch in the stored format (augment it there); :meth:`as_input`
+    turns it into the model's input: ``dtype`` (``x.float() / 255`` for uint8, which gives the
+    same float32 values a loader's ``uint8 / 255`` gives), channels_last if asked.
+    """
+
+    def __init__(
+        self, x: torch.Tensor, device: torch.device, dtype: torch.dtype, channels_last: bool
+    ) -> None:
+        q = as_uint8(x)
+        self.data = q.to(device) if q is not None else x.to(device=device, dtype=dtype)
+        self.dtype = dtype
+        self.memory_format = torch.channels_last if channels_last else torch.preserve_format
+
+    @property
+    def is_uint8(self) -> bool:
+        return self.data.dtype == torch.uint8
+
+    def take(self, idx: torch.Tensor) -> torch.Tensor:
+        """The examples at ``idx`` (a tensor on the device), in the stored format."""
+        return self.data.index_select(0, idx)
+
+    def as_input(self, xb: torch.Tensor) -> torch.Tensor:
+        """A stored-format batch as the model's input."""
+        if self.is_uint8:
+            return xb.to(dtype=self.dtype, memory_format=self.memory_format).div_(255)
+        return xb.to(memory_format=self.memory_format)
+
+
+def _float_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:
+    """The dtype of the model's first floating parameter or buffer (``default`` if none)."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return default
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    """The CUDA devices whose RNG :func:`torch.random.fork_rng` must save for ``device``."""
+    if device.type != "cuda":
+        return []
+    return [device.index if device.index is not None else torch.cuda.current_device()]
+
+
+def _compile(model: nn.Module, warm_up: Callable[[nn.Module], None], device: torch.device):
+    """``torch.compile(model)``, compiled by ``warm_up(compiled)`` before training starts.
+
+    The warm-up's effects are undone: the model's parameters and buffers (batch-norm
+    statistics), its gradients and the global RNGs are restored, so a compiled run draws the
+    same random numbers as an eager one. If compiling fails (no compiler, an unsupported
+    platform) it warns and returns ``model`` itself: training then runs eagerly.
+    """
+    state = {
+        k: v.detach().clone() if isinstance(v, torch.Tensor) else v
+        for k, v in model.state_dict().items()
+    }
+    try:
+        with torch.random.fork_rng(devices=_rng_devices(device)):
+            compiled = torch.compile(model)
+            warm_up(compiled)
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [""])[0]
+        warnings.warn(
+            f"training without torch.compile, which failed: {type(exc).__name__}: {reason}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        compiled = model
+    finally:
+        model.load_state_dict(state)
+        for p in model.parameters():
+            p.grad = None
+    return compiled
 
 
 def train_loop(
@@ -118,28 +258,71 @@ def train_loop(
 ) -> nn.Module:
     """Train ``model`` in place on ``data`` with ``loss_fn(model, x, y)``; return it in eval mode.
 
-    Shuffling and augmentation draw from a generator seeded with ``seed``.
+    The training set moves to ``device`` once (uint8 when it is 8-bit, see
+    :class:`DeviceImages`); the subset of ``train_examples`` is drawn on the CPU from a
+    generator seeded with ``seed``, the shuffles and the augmentation on the device from a
+    device generator seeded with ``seed`` (on the CPU that is the same generator). The loop
+    does not synchronise with the device between steps: the running loss stays there until an
+    epoch ends. ``loss_fn`` runs under the configured precision (the inner attack of an
+    adversarial defense included) and gets the compiled model when ``compile`` is set; the
+    model returned is ``model`` itself (channels_last if asked), never the compiled wrapper.
     """
+    device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     x, y = data.x, data.y
     if cfg.train_examples is not None and cfg.train_examples < len(y):
         keep = torch.randperm(len(y), generator=gen)[: cfg.train_examples]
         x, y = x[keep], y[keep]
-    x, y = x.to(device), y.to(device)
-    model.to(device).train()
+    dev_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    default = x.dtype if x.is_floating_point() else torch.float32
+    images = DeviceImages(x, device, _float_dtype(model, default), cfg.channels_last)
+    y = y.to(device)
+    n = len(y)
+    use_bf16 = cfg.precision == "bf16" and device.type == "cuda"
+    if cfg.precision == "bf16" and not use_bf16:
+        warnings.warn(
+            f"precision 'bf16' is a CUDA option: training in fp32 on {device.type}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+    def batch_loss(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+        if not use_bf16:
+            return loss_fn(net, xb, yb)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return loss_fn(net, xb, yb)
+
+    model.train()
+    net = model
+    if cfg.compile:
+        # one step per batch size (a full batch and the last, smaller one) compiles every graph
+        sizes = sorted({min(cfg.batch_size, n), n % cfg.batch_size} - {0})
+
+        def warm_up(compiled: nn.Module) -> None:
+            for size in sizes:
+                idx = torch.arange(size, device=device)
+                xb = images.as_input(images.take(idx))
+                batch_loss(compiled, xb, y.index_select(0, idx)).backward()
+
+        net = _compile(model, warm_up, device)
+
     opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    per_epoch = math.ceil(len(y) / cfg.batch_size)
+    per_epoch = math.ceil(n / cfg.batch_size)
     total = per_epoch * cfg.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total))
     for epoch in range(cfg.epochs):
-        order = torch.randperm(len(y), generator=gen).to(device)
+        order = torch.randperm(n, generator=dev_gen, device=device)
         running, seen = torch.zeros((), device=device), 0
         for i in range(per_epoch):
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb, yb = x[idx], y[idx]
+            xb = images.take(idx)
             if cfg.augment == "crop-flip":
-                xb = crop_flip(xb, gen)
-            loss = loss_fn(model, xb, yb)
+                xb = crop_flip(xb, dev_gen)
+            yb = y.index_select(0, idx)
+            loss = batch_loss(net, images.as_input(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

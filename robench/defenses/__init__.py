@@ -6,9 +6,13 @@ from robench import hookimpl
 @hookimpl
 def robench_register_defenses(register):
     from robench.defenses.adversarial import AdversarialTraining
+    from robench.defenses.fast_at import FastAT
     from robench.defenses.mixed import MixedTraining
+    from robench.defenses.pgd_at import PGDAT
     from robench.defenses.standard import StandardTraining
 
     register(StandardTraining)
     register(AdversarialTraining)
     register(MixedTraining)
+    register(FastAT)
+    register(PGDAT)

@@ -34,7 +34,15 @@ class InnerAttack:
         n = len(train) if cfg.train_examples is None else min(len(train), cfg.train_examples)
         self.ramp_steps = params.eps_warmup * cfg.epochs * math.ceil(n / cfg.batch_size)
         self.spec, self.ctx = params.attack, ctx
-        self.full = ctx.make_attack(params.attack)
+        self.full = ctx.make_attack(self.spec)
+        if "early_stop" in type(self.full.params).model_fields and (
+            "early_stop" not in self.spec.params
+        ):
+            # training wants the highest-loss point of every step, not the first misclassified
+            # one (early stopping is an evaluation speed-up; for training it weakens PGD-AT)
+            params = {**self.spec.params, "early_stop": False}
+            self.spec = self.spec.model_copy(update={"params": params})
+            self.full = ctx.make_attack(self.spec)
         self.step = 0
 
     def __iter__(self) -> InnerAttack:

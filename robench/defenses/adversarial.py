@@ -23,7 +23,8 @@ class AdversarialTraining(Defense):
         attack = { name = "pgd", norm = "linf", eps = 0.3, steps = 10 }
 
     or Fast AT (Wong et al. 2020): ``attack = { name = "fgsm", eps = 0.031, random_start = true }``
-    with ``training.schedule = "cyclic"``. ``eps_warmup`` ramps ε up from 0 over the first part
+    with ``training.schedule = "cyclic"`` (the presets ``fast-at`` and ``pgd-at`` spell these two
+    recipes with their published defaults). ``eps_warmup`` ramps ε up from 0 over the first part
     of training (small models trained at a large ε from the start can stall at chance: with
     MNIST's 93k-parameter NSL CNN at ε = 0.3 they do). Examples are crafted with the model in
     eval mode and without weight gradients (the attack contract), then the model trains on them.
@@ -37,9 +38,16 @@ class AdversarialTraining(Defense):
         pass
 
     def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
-        attacks = InnerAttack(self.params, ctx, train)
+        return train_adversarially(model, train, ctx, self.params)
 
-        def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            return ctx.cross_entropy(m(craft(next(attacks), m, x, y).x_adv), y)
 
-        return ctx.train(model, train, loss)
+def train_adversarially(
+    model: nn.Module, train: Data, ctx: TrainContext, inner: InnerAttackParams
+) -> nn.Module:
+    """Train on ``inner``'s attacked examples only (``adversarial`` and its presets)."""
+    attacks = InnerAttack(inner, ctx, train)
+
+    def loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ctx.cross_entropy(m(craft(next(attacks), m, x, y).x_adv), y)
+
+    return ctx.train(model, train, loss)
