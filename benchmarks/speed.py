@@ -1,0 +1,610 @@
+"""How fast is robench, on the same model, examples and budget as the libraries people use?
+
+Three sections (``--sections``, all by default):
+
+evaluation
+    Robust accuracy of one model at L∞ ε (default 0.1) on the first ``--n`` test images
+    (default 1000), PGD-20 with step α = 2.5·ε/20 and a random start, four ways:
+
+    - robench: ``robench.evaluation.evaluate`` with [FGSM, PGD-20] in cascade (cheapest first,
+      each on the examples still robust, PGD with early stopping): what ``robench run`` does;
+    - torchattacks: ``torchattacks.PGD(model, eps, alpha, steps=20, random_start=True)`` on
+      every example, then the accuracy on the adversarial examples, as a torchattacks user would;
+    - ART: ``ProjectedGradientDescent(max_iter=20, num_random_init=1)`` on a
+      ``PyTorchClassifier``, every example;
+    - Foolbox: ``LinfPGD(steps=20, abs_stepsize=α, random_start=True)``, every example.
+
+    All in batches of ``--batch`` (500 on the CPU, 2000 on CUDA), the model in eval mode with its
+    parameters frozen (``requires_grad`` False) for every tool alike (robench does that itself).
+    robench counts an example robust when it is classified correctly clean and under every
+    attack; the others report their accuracy on the adversarial examples, where a clean-
+    misclassified example that PGD happens to turn correct would count (rarely: it can only
+    raise their figure by a hair, never lower it).
+    It is done for two models trained here with a fixed seed on the first ``--train-examples``
+    (default 20000) training images of a seeded shuffle: an undefended one (``standard``, one
+    epoch) and an adversarially trained one (``fast-at``: FGSM-RS at ``--train-eps``, two
+    epochs). The first is where early stopping pays; on the second most examples stay robust
+    and every PGD step is taken, so its speed-up is the honest floor. Speed-up = tool's time /
+    robench's time.
+adapter
+    robench's ``art.ProjectedGradientDescent`` and ``foolbox.LinfPGD`` adapters (through
+    ``robench.attack.craft``) against the same library attack called directly, on the
+    undefended model and the same examples in one batch: PGD-20 without random start, as in
+    ``benchmarks/adapter_overhead.py``, whose functions this reuses. Overhead = adapter's time /
+    direct time − 1.
+training
+    One epoch (batch 128, Adam) of ``standard``, ``fast-at`` (FGSM-RS) and ``pgd-at`` (PGD-10)
+    training of a fresh model on the same ``--train-examples`` images: images per second and the
+    epoch time as a multiple of standard's.
+
+Every time is the median of ``--repeats`` runs (default 3), the tools interleaved so that drift
+in the machine's load hits them alike, after one warm-up run of each outside the timings (on
+CUDA, synchronised before and after each). Time on an otherwise idle machine: on a busy CPU,
+torch's worker threads wait on each other and small runs can slow down a hundredfold. The
+robust accuracies are the mean over the timed runs. The targets (``target``/``target_met`` columns):
+
+- evaluation: ≥ 3× faster than torchattacks, and not slower than ART or Foolbox, at a robust
+  accuracy no higher than theirs (robench's attacks must be at least as strong);
+- adapter: within 10 % of the library called directly;
+- training: an FGSM-RS epoch ≤ 2.5× a standard one, a PGD-10 epoch ≤ 8×.
+
+Prints a table and writes ``results/speed.csv`` (``-o``) with the device and the versions of
+robench, torch, torchattacks, ART and Foolbox. MNIST is read from the data root when it is
+there, else scikit-learn's bundled digits are used (with ``small-cnn`` instead of
+``mnist-cnn``). torchattacks is a development extra (``pip install -e ".[dev]"``); without it
+its rows are skipped with a note. ::
+
+    python benchmarks/speed.py --data-root ../shared/data [--device cuda] [--checkpoint-dir ckpt]
+    python benchmarks/speed.py --n 64 --repeats 1 --train-examples 256 -o /tmp/speed.csv  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from robench import provenance
+from robench.attacks.fgsm import FGSM
+from robench.attacks.pgd import PGD
+from robench.config import default_data_root
+from robench.dataset import Data, DatasetInfo
+from robench.defense import TrainContext
+from robench.evaluation import evaluate
+from robench.registry import get_registry
+from robench.runner import resolve_device, seed_everything
+from robench.specs import AttackSpec
+from robench.threat import ThreatModel
+from robench.training import TrainingConfig
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("evaluation", "adapter", "training")
+SEED = 0
+STEPS = 20
+TRAIN_BATCH = 128
+#: evaluation: robench must be this many times faster than each tool (at ≤ its robust accuracy)
+SPEEDUP_TARGET = {"torchattacks": 3.0, "ART": 1.0, "Foolbox": 1.0}
+#: adapter: largest overhead over the library called directly
+ADAPTER_TARGET = 0.10
+#: training: largest epoch time as a multiple of standard training's
+TRAINING_TARGET = {"fast-at": 2.5, "pgd-at": 8.0}
+VERSIONS = (
+    "robench",
+    "torch",
+    "torchattacks",
+    "adversarial-robustness-toolbox",
+    "foolbox",
+    "robench-art",
+    "robench-foolbox",
+)
+
+Fn = Callable[[], float]
+
+
+# --- data, models, training -------------------------------------------------------------------
+
+
+def load_data(data_root: Path, which: str) -> tuple[str, Data, Data, DatasetInfo]:
+    """MNIST if it is under the data root (or ``which`` says so), else the bundled digits."""
+    registry = get_registry()
+    names = ("mnist", "digits") if which == "auto" else (which,)
+    for name in names:
+        ds = registry.get("dataset", name).cls(**({"download": False} if name == "mnist" else {}))
+        try:
+            ds.check(data_root)
+        except Exception as exc:
+            if which != "auto":
+                raise SystemExit(f"dataset {name!r}: {exc}") from None
+            print(f"note: {name} not found under {data_root}; trying the next dataset")
+            continue
+        return name, ds.load("train", data_root), ds.load("test", data_root), ds.info(data_root)
+    raise SystemExit("no dataset available")
+
+
+class Trainer:
+    """Builds and trains the benchmark's model with robench's defenses, from a fixed seed."""
+
+    def __init__(
+        self, dataset: str, train: Data, info: DatasetInfo, device: torch.device, n_train: int
+    ) -> None:
+        self.registry = get_registry()
+        self.model_name = "mnist-cnn" if dataset == "mnist" else "small-cnn"
+        self.dataset, self.train, self.info, self.device = dataset, train, info, device
+        self.n_train = min(n_train, len(train))
+
+    def make_attack(self, spec: AttackSpec):
+        entry = self.registry.get("attack", spec.name)
+        return entry.cls(ThreatModel(spec.norm, spec.eps, self.info.bounds), **spec.params)
+
+    def defense(self, kind: str, eps: float) -> tuple[Any, dict[str, Any]]:
+        """``standard``, ``fast-at`` or ``pgd-at``, with the training defaults it needs; the
+        presets are spelled through ``adversarial`` where they are not registered."""
+        registry = self.registry
+        if kind == "standard":
+            return registry.get("defense", "standard").cls(), {}
+        if ("defense", kind) in registry:
+            return registry.get("defense", kind).cls(eps=eps), {}
+        if kind == "fast-at":
+            attack = {"name": "fgsm", "eps": eps, "random_start": True, "rel_step": 1.25}
+            extra = {"schedule": "cyclic"}
+        else:
+            attack, extra = {"name": "pgd", "eps": eps, "steps": 10, "random_start": True}, {}
+        return registry.get("defense", "adversarial").cls(attack=attack), extra
+
+    def fresh_model(self) -> nn.Module:
+        seed_everything(SEED)
+        return self.registry.get("model", self.model_name).cls().build(self.info)
+
+    def fitter(
+        self, kind: str, eps: float, epochs: int, n: int | None = None
+    ) -> tuple[nn.Module, Callable[[], nn.Module]]:
+        """A fresh model and the call that trains it (to time it without the building)."""
+        defense, extra = self.defense(kind, eps)
+        cfg = TrainingConfig(
+            epochs=epochs,
+            batch_size=TRAIN_BATCH,
+            optimizer="adam",
+            lr=1e-3,
+            train_examples=n or self.n_train,
+            **extra,
+        )
+        ctx = TrainContext(
+            training=cfg,
+            device=self.device,
+            seed=SEED,
+            info=self.info,
+            make_attack=self.make_attack,
+        )
+        model = self.fresh_model()
+        return model, lambda: defense.fit(model, self.train, ctx).to(self.device).eval()
+
+    def trained(self, kind: str, eps: float, epochs: int, cache: Path | None) -> nn.Module:
+        """A model trained with ``kind``, loaded from ``cache`` when it was saved there."""
+        tag = f"{kind}-eps{eps:g}" if kind != "standard" else kind
+        name = f"{self.dataset}-{self.model_name}-{tag}-{epochs}ep-n{self.n_train}-seed{SEED}.pt"
+        path = cache / name if cache else None
+        if path is not None and path.is_file():
+            model = self.fresh_model()
+            model.load_state_dict(torch.load(path, map_location="cpu"))
+            print(f"loaded {path}")
+            return model.to(self.device).eval()
+        model, fit = self.fitter(kind, eps, epochs)
+        seconds, model = timed(fit, self.device)
+        print(
+            f"trained {self.model_name} with {tag}, {epochs} epoch(s) on {self.n_train} images: "
+            f"{seconds:.1f} s"
+        )
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(model.state_dict(), path)
+        return model
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
+    """Wall time of ``fn()`` (synchronised on CUDA) and its result."""
+    _sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t0, out
+
+
+def interleaved(
+    fns: dict[str, Callable[[], Any]], repeats: int, device: torch.device, warm_up: bool = True
+) -> dict[str, tuple[float, list[Any]]]:
+    """Per label: the median time over ``repeats`` interleaved runs and the runs' results,
+    after one warm-up run of each (unless the caller warmed them up). Every run starts from the
+    same seeds as the others of its round."""
+    for fn in fns.values() if warm_up else ():
+        seed_everything(SEED)
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    results: dict[str, list[Any]] = {k: [] for k in fns}
+    for r in range(repeats):
+        for label, fn in fns.items():
+            seed_everything(SEED + 1 + r)
+            seconds, out = timed(fn, device)
+            times[label].append(seconds)
+            results[label].append(out)
+    return {k: (statistics.median(times[k]), results[k]) for k in fns}
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
+    correct = sum(
+        int((model(xb).argmax(1) == yb).sum())
+        for xb, yb in zip(x.split(batch), y.split(batch), strict=True)
+    )
+    return correct / len(y)
+
+
+def robench_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
+    attacks = [
+        FGSM(ThreatModel("linf", eps, bounds)),
+        PGD(ThreatModel("linf", eps, bounds), steps=STEPS, step_size=alpha, random_start=True),
+    ]
+    return lambda: evaluate(model, x, y, attacks, batch_size=batch, cascade=True).robust_accuracy
+
+
+def torchattacks_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
+    import torchattacks
+
+    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
+
+    def run() -> float:
+        correct = torch.zeros((), dtype=torch.long, device=x.device)
+        for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
+            adv = attack(xb, yb)
+            with torch.no_grad():
+                correct += (model(adv).argmax(1) == yb).sum()
+        return int(correct) / len(y)
+
+    return run
+
+
+def art_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
+    from art.attacks.evasion import ProjectedGradientDescent
+    from art.estimators.classification import PyTorchClassifier
+
+    with torch.no_grad():
+        n_classes = model(x[:1]).shape[1]
+    classifier = PyTorchClassifier(
+        model,
+        loss=nn.CrossEntropyLoss(),
+        input_shape=tuple(x.shape[1:]),
+        nb_classes=n_classes,
+        clip_values=bounds,
+        device_type="gpu" if x.is_cuda else "cpu",
+    )
+    attack = ProjectedGradientDescent(
+        classifier,
+        norm=np.inf,
+        eps=eps,
+        eps_step=alpha,
+        max_iter=STEPS,
+        num_random_init=1,
+        batch_size=batch,
+        verbose=False,
+    )
+
+    def run() -> float:
+        x_np, y_np = x.cpu().numpy(), y.cpu().numpy()
+        adv = attack.generate(x=x_np, y=y_np)
+        return float((classifier.predict(adv, batch_size=batch).argmax(1) == y_np).mean())
+
+    return run
+
+
+def foolbox_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
+    import foolbox as fb
+
+    fmodel = fb.PyTorchModel(model, bounds=bounds, device=x.device)
+    attack = fb.attacks.LinfPGD(steps=STEPS, abs_stepsize=alpha, random_start=True)
+
+    def run() -> float:
+        robust = torch.zeros((), dtype=torch.long, device=x.device)
+        for xb, yb in zip(x.split(batch), y.split(batch), strict=True):
+            _, _, success = attack(fmodel, xb, yb, epsilons=eps)
+            robust += (~success).sum()
+        return int(robust) / len(y)
+
+    return run
+
+
+WHAT = {
+    "robench": "evaluate: FGSM → PGD-{steps} cascade, early stop",
+    "torchattacks": "PGD-{steps}, random start, all examples",
+    "ART": "ProjectedGradientDescent-{steps}, 1 random init, all",
+    "Foolbox": "LinfPGD-{steps}, random start, all examples",
+}
+
+
+def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[dict[str, Any]]:
+    eps, alpha, batch = args.eps, args.alpha, args.batch
+    makers = {"robench": robench_eval, "torchattacks": torchattacks_eval}
+    makers |= {"ART": art_eval, "Foolbox": foolbox_eval}
+    if not has_torchattacks:
+        del makers["torchattacks"]
+    fns = {tool: make(model, x, y, eps, alpha, batch, bounds) for tool, make in makers.items()}
+    clean = 100 * accuracy(model, x, y, batch)
+    out = interleaved(fns, args.repeats, args.device)
+    base_s, base_accs = out["robench"]
+    base_acc = 100 * statistics.fmean(base_accs)
+    rows = []
+    for tool, (seconds, accs) in out.items():
+        acc = 100 * statistics.fmean(accs)
+        row = {
+            "section": "evaluation",
+            "model": label,
+            "tool": tool,
+            "what": WHAT[tool].format(steps=STEPS),
+            "n": len(y),
+            "eps": eps,
+            "alpha": alpha,
+            "seconds": seconds,
+            "robust_accuracy": acc,
+            "clean_accuracy": clean,
+        }
+        if tool == "robench":
+            row["ratio_or_speedup"] = 1.0
+        else:
+            speedup = seconds / base_s
+            need = SPEEDUP_TARGET[tool]
+            faster = f"≥{need:g}× faster than" if need != 1 else "not slower than"
+            row |= {
+                "ratio_or_speedup": speedup,
+                "target": f"robench {faster} {tool} at ≤ its robust accuracy",
+                "target_met": _yes(speedup >= need and base_acc <= acc),
+            }
+        rows.append(row)
+    return rows
+
+
+# --- adapters ---------------------------------------------------------------------------------
+
+
+def adapter_rows(label, model, x, y, args) -> list[dict[str, Any]]:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from adapter_overhead import _adapter, _direct_art, _direct_foolbox
+
+    eps, step = args.eps, args.alpha
+    art_params = {"max_iter": STEPS, "eps_step": step, "num_random_init": 0}
+    fb_params = {"steps": STEPS, "abs_stepsize": step, "random_start": False}
+    fns = {
+        ("ART", "ProjectedGradientDescent"): _direct_art(model, x, y, eps, STEPS, step),
+        ("robench → ART", "art.ProjectedGradientDescent"): _adapter(
+            model, x, y, "art.ProjectedGradientDescent", art_params, eps
+        ),
+        ("Foolbox", "LinfPGD"): _direct_foolbox(model, x, y, eps, STEPS, step),
+        ("robench → Foolbox", "foolbox.LinfPGD"): _adapter(
+            model, x, y, "foolbox.LinfPGD", fb_params, eps
+        ),
+    }
+
+    def scored(fn):
+        def run() -> float:
+            adv = fn()
+            adv = torch.as_tensor(adv).to(x.device)
+            return accuracy(model, adv, y, args.batch)
+
+        return run
+
+    out = interleaved({k: scored(fn) for k, fn in fns.items()}, args.repeats, args.device)
+    rows = []
+    direct_s = 0.0
+    for (tool, what), (seconds, accs) in out.items():
+        row = {
+            "section": "adapter",
+            "model": label,
+            "tool": tool,
+            "what": f"{what}-{STEPS}, no random start, 1 batch",
+            "n": len(y),
+            "eps": eps,
+            "alpha": step,
+            "seconds": seconds,
+            "robust_accuracy": 100 * statistics.fmean(accs),
+        }
+        if tool.startswith("robench"):
+            ratio = seconds / direct_s
+            library = tool.split("→ ")[1]
+            row |= {
+                "ratio_or_speedup": ratio,
+                "overhead_pct": 100 * (ratio - 1),
+                "target": f"within {ADAPTER_TARGET:.0%} of {library} called directly",
+                "target_met": _yes(ratio - 1 <= ADAPTER_TARGET),
+            }
+        else:
+            direct_s = seconds
+            row["ratio_or_speedup"] = 1.0
+        rows.append(row)
+    return rows
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def training_rows(trainer: Trainer, args) -> list[dict[str, Any]]:
+    eps = args.train_eps
+    kinds = {
+        "standard": "standard: clean examples",
+        "fast-at": "fast-at: FGSM-RS",
+        "pgd-at": "pgd-at: PGD-10",
+    }
+    warm = min(trainer.n_train, 2 * TRAIN_BATCH)
+    for kind in kinds:  # warm-up on two batches: first-call costs out of the timings
+        trainer.fitter(kind, eps, 1, warm)[1]()
+
+    def fit(kind: str):
+        def run() -> None:
+            _, go = trainer.fitter(kind, eps, 1)  # building a fresh model is cheap next to it
+            go()
+
+        return run
+
+    out = interleaved({k: fit(k) for k in kinds}, args.repeats, args.device, warm_up=False)
+    n = trainer.n_train
+    standard_s = out["standard"][0]
+    rows = []
+    for kind, what in kinds.items():
+        seconds = out[kind][0]
+        ratio = seconds / standard_s
+        row = {
+            "section": "training",
+            "model": trainer.model_name,
+            "tool": "robench",
+            "what": f"{what}, 1 epoch, batch {TRAIN_BATCH}",
+            "n": n,
+            "eps": 0.0 if kind == "standard" else eps,
+            "seconds": seconds,
+            "ratio_or_speedup": ratio,
+            "images_per_s": n / seconds,
+        }
+        if kind in TRAINING_TARGET:
+            row["target"] = f"≤ {TRAINING_TARGET[kind]:g}× standard"
+            row["target_met"] = _yes(ratio <= TRAINING_TARGET[kind])
+        rows.append(row)
+    return rows
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+def _yes(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+def _has_torchattacks() -> bool:
+    try:
+        import torchattacks  # noqa: F401
+    except ImportError:
+        print('note: torchattacks is not installed (pip install -e ".[dev]"): its rows are skipped')
+        return False
+    return True
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-root", type=Path, default=default_data_root())
+    ap.add_argument("--dataset", choices=("auto", "mnist", "digits"), default="auto")
+    ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    ap.add_argument("--n", type=int, default=1000, help="test images to evaluate on")
+    ap.add_argument("--eps", type=float, default=0.1, help="L∞ budget")
+    ap.add_argument("--alpha", type=float, default=None, help="PGD step (default 2.5·ε/20)")
+    ap.add_argument("--train-eps", type=float, default=None, help="AT budget (default: --eps)")
+    ap.add_argument("--batch", type=int, default=None, help="eval batch (500 CPU, 2000 CUDA)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--train-examples", type=int, default=20000)
+    ap.add_argument("--checkpoint-dir", type=Path, default=None, help="cache trained models")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    ap.add_argument("-o", "--output", type=Path, default=REPO / "results" / "speed.csv")
+    args = ap.parse_args(argv)
+    args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        ap.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+    args.device = resolve_device(args.device)
+    args.alpha = args.alpha if args.alpha is not None else 2.5 * args.eps / STEPS
+    args.train_eps = args.train_eps if args.train_eps is not None else args.eps
+    args.batch = args.batch or (2000 if args.device.type == "cuda" else 500)
+    return args
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    args = parse_args(argv)
+    device = args.device
+    dataset, train, test, info = load_data(args.data_root, args.dataset)
+    trainer = Trainer(dataset, train, info, device, args.train_examples)
+    x, y = test.x[: args.n].to(device), test.y[: args.n].to(device)
+    dev = provenance.device_info(device)
+    where = f"{dev.get('gpu', dev['cpu'])} ({device}, {dev['torch_threads']} threads)"
+    print(f"{dataset}: {len(y)} test images, {trainer.n_train} training images; {where}")
+
+    rows: list[dict[str, Any]] = []
+    if {"evaluation", "adapter"} & set(args.sections):
+        models = {
+            f"{trainer.model_name} standard": trainer.trained(
+                "standard", 0.0, 1, args.checkpoint_dir
+            )
+        }
+        if "evaluation" in args.sections:
+            models[f"{trainer.model_name} fast-at ε={args.train_eps:g}"] = trainer.trained(
+                "fast-at", args.train_eps, 2, args.checkpoint_dir
+            )
+        for model in models.values():  # frozen for every tool alike, as robench's attacks do
+            for p in model.parameters():
+                p.requires_grad_(False)
+        if "evaluation" in args.sections:
+            has_ta = _has_torchattacks()
+            for label, model in models.items():
+                rows += evaluation_rows(label, model, x, y, args, info.bounds, has_ta)
+        if "adapter" in args.sections:
+            label, model = next(iter(models.items()))
+            rows += adapter_rows(label, model, x, y, args)
+    if "training" in args.sections:
+        rows += training_rows(trainer, args)
+
+    columns = [
+        "section",
+        "model",
+        "tool",
+        "what",
+        "n",
+        "eps",
+        "alpha",
+        "seconds",
+        "robust_accuracy",
+        "clean_accuracy",
+        "ratio_or_speedup",
+        "overhead_pct",
+        "images_per_s",
+        "target",
+        "target_met",
+    ]
+    df = pd.DataFrame(rows).reindex(columns=columns)
+    df["repeats"] = args.repeats
+    df["device"] = where
+    versions = provenance.versions(VERSIONS)
+    df["versions"] = "; ".join(f"{k} {versions[k]}" for k in VERSIONS if k in versions)
+    shown = df.drop(columns=["alpha", "repeats", "device", "versions"]).round(
+        {
+            "seconds": 3,
+            "robust_accuracy": 1,
+            "clean_accuracy": 1,
+            "ratio_or_speedup": 2,
+            "overhead_pct": 1,
+            "images_per_s": 0,
+        }
+    )
+    shown = shown.astype(object).where(shown.notna(), "")
+    print(f"L∞ ε = {args.eps:g}, PGD step α = {args.alpha:g}; AT ε = {args.train_eps:g}")
+    with pd.option_context("display.width", 250, "display.max_colwidth", 60):
+        print(shown.to_string(index=False))
+    print(f"versions: {df['versions'].iloc[0] if len(df) else ''}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.output, index=False)
+    print(f"written to {args.output}")
+    return df
+
+
+if __name__ == "__main__":
+    main()
