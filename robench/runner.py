@@ -203,7 +203,8 @@ class _Run:
             sanity = a.label.startswith(SANITY_PREFIX)
             if sanity:
                 row["kind"] = "sanity"
-            in_cascade = cascade and not sanity
+            # a transfer attack keeps its own number (a protocol of its own, like NSL's)
+            in_cascade = cascade and not sanity and not a.source
             targets, before = alive.get((a.norm, eps), (clean, [])) if in_cascade else (clean, [])
             # the misclassified examples are attacked by the first attack of a cascade only
             everything = bench.evaluation.attack_misclassified and not before

@@ -88,3 +88,24 @@ def test_evaluate_a_model_of_ones_own():
     assert not (fast.robust & ~full.robust).any()
     assert fast.robust_accuracy <= full.robust_accuracy < full.clean_accuracy
     assert full.per_attack["pgd"].sum() <= full.per_attack["fgsm"].sum()
+
+
+def test_a_transfer_attack_keeps_its_own_number_in_a_cascade(tmp_path):
+    config = tiny_config(
+        tmp_path,
+        defenses=[{"name": "standard", "label": "base"}, {"name": "standard", "label": "other"}],
+        attacks=[
+            {"name": "fgsm", "eps": [0.2]},
+            {"name": "fgsm", "label": "from-base", "source": "base", "eps": [0.2]},
+        ],
+    )
+    config["training"]["epochs"] = 1
+    config["evaluation"] |= {"cascade": True, "sanity": False}
+    df = robench.run(config, quiet=True).set_index(["defense", "attack"])
+    # every example, as without a cascade: not only those FGSM left robust
+    assert df.loc[("other", "from-base"), "n_attacked"] == df.loc[("other", "clean"), "n_examples"]
+    assert df.loc[("other", "from-base"), "attacks"] == ""
+    worst = df.loc[("other", "worst-case"), "n_correct"]
+    assert worst <= min(
+        df.loc[("other", "from-base"), "n_correct"], df.loc[("other", "fgsm"), "n_correct"]
+    )
