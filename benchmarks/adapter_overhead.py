@@ -52,22 +52,28 @@ def _model(dataset: str, device: torch.device) -> torch.nn.Module:
     return registry.get("model", name).cls().build(info).to(device).eval()
 
 
-def _direct_art(model, x, y, eps, steps, step):
-    from art.attacks.evasion import ProjectedGradientDescent
+def art_classifier(model, x, bounds=(0.0, 1.0)):
+    """ART's ``PyTorchClassifier`` for ``model``, built as an ART user would (not through
+    robench's adapter): cross-entropy, the input shape and classes of ``x``, on x's device."""
     from art.estimators.classification import PyTorchClassifier
 
     with torch.no_grad():
         n_classes = model(x[:1]).shape[1]
-    clf = PyTorchClassifier(
+    return PyTorchClassifier(
         model,
         loss=torch.nn.CrossEntropyLoss(),
         input_shape=tuple(x.shape[1:]),
         nb_classes=n_classes,
-        clip_values=(0.0, 1.0),
+        clip_values=bounds,
         device_type="gpu" if x.is_cuda else "cpu",
     )
+
+
+def _direct_art(model, x, y, eps, steps, step):
+    from art.attacks.evasion import ProjectedGradientDescent
+
     attack = ProjectedGradientDescent(
-        clf,
+        art_classifier(model, x),
         norm=np.inf,
         eps=eps,
         eps_step=step,

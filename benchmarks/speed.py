@@ -86,6 +86,9 @@ from robench.specs import AttackSpec
 from robench.threat import ThreatModel
 from robench.training import TrainingConfig
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder: adapter_overhead.py
+from adapter_overhead import _adapter, _direct_art, _direct_foolbox, art_classifier
+
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("evaluation", "adapter", "training")
 SEED = 0
@@ -284,18 +287,8 @@ def torchattacks_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
 
 def art_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
     from art.attacks.evasion import ProjectedGradientDescent
-    from art.estimators.classification import PyTorchClassifier
 
-    with torch.no_grad():
-        n_classes = model(x[:1]).shape[1]
-    classifier = PyTorchClassifier(
-        model,
-        loss=nn.CrossEntropyLoss(),
-        input_shape=tuple(x.shape[1:]),
-        nb_classes=n_classes,
-        clip_values=bounds,
-        device_type="gpu" if x.is_cuda else "cpu",
-    )
+    classifier = art_classifier(model, x, bounds)
     attack = ProjectedGradientDescent(
         classifier,
         norm=np.inf,
@@ -384,9 +377,6 @@ def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[
 
 
 def adapter_rows(label, model, x, y, args) -> list[dict[str, Any]]:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from adapter_overhead import _adapter, _direct_art, _direct_foolbox
-
     eps, step = args.eps, args.alpha
     art_params = {"max_iter": STEPS, "eps_step": step, "num_random_init": 0}
     fb_params = {"steps": STEPS, "abs_stepsize": step, "random_start": False}
