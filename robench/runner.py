@@ -34,7 +34,7 @@ from robench.config import (
 from robench.dataset import Data, DatasetInfo
 from robench.defense import TrainContext
 from robench.errors import ConfigError
-from robench.evaluation import AttackOutcome, attack_outcome, predict
+from robench.evaluation import AttackOutcome, attack_outcome, cascade_cost, predict
 from robench.outcomes import OutcomeWriter
 from robench.progress import Reporter
 from robench.registry import Registry, get_registry
@@ -297,9 +297,7 @@ class _Run:
 
         def cost(cell: tuple[AttackUse, float]) -> float:
             a, eps = cell
-            if a.entry.cls.minimizes:
-                return math.inf
-            return a.instantiate(ThreatModel(a.norm, eps, self.info.bounds)).cost()
+            return cascade_cost(a.instantiate(ThreatModel(a.norm, eps, self.info.bounds)))
 
         return sorted(cells, key=lambda c: (c[0].norm, c[1], cost(c)))
 
