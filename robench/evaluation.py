@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from robench.attack import Attack, craft
+from robench.precision import Precision, attack_precision
 
 
 @torch.inference_mode()
@@ -45,6 +46,7 @@ def attack_outcome(
     keep: torch.Tensor | None = None,
     source: nn.Module | None = None,
     misclassified: bool = False,
+    precision: Precision = "fp32",
 ) -> AttackOutcome:
     """Attack the clean-correct examples (``clean_correct``: or any subset to attack, such as
     those still robust in a cascade) and report which stay correct.
@@ -54,7 +56,8 @@ def attack_outcome(
     correctly: the raw accuracy under attack, which a sound attack keeps at or below clean
     accuracy (the robust ≤ clean check). With ``keep`` (a tensor shaped like ``x``), the
     adversarial examples are written into it. With ``source``, a transfer attack: the examples
-    are crafted on ``source`` and scored on ``model``.
+    are crafted on ``source`` and scored on ``model``. ``precision`` is the precision of the
+    attack's gradient passes (:mod:`robench.precision`); the scoring is in the model's own.
 
     An example misclassified without attack counts as not robust (as in AutoAttack and
     RobustBench), so robust accuracy can never exceed clean accuracy by construction.
@@ -63,7 +66,8 @@ def attack_outcome(
     idx = torch.arange(len(x), device=x.device) if misclassified else clean_correct.nonzero()
     n_bad, worst = 0, 0.0
     for chunk in idx.flatten().split(batch_size):
-        crafted = craft(attack, source if source is not None else model, x[chunk], y[chunk])
+        with attack_precision(precision):
+            crafted = craft(attack, source if source is not None else model, x[chunk], y[chunk])
         n_bad += crafted.n_violations
         worst = max(worst, crafted.max_excess)
         adv_correct[chunk] = predict(model, crafted.x_adv, batch_size) == y[chunk]
@@ -115,6 +119,7 @@ def evaluate(
     *,
     batch_size: int = 500,
     cascade: bool = True,
+    precision: Precision = "fp32",
 ) -> Evaluation:
     """Robust accuracy of ``model`` on ``(x, y)`` (on the model's device) under ``attacks``.
 
@@ -124,6 +129,10 @@ def evaluate(
     lower: an early-stopped PGD keeps adversarial points a full run may step off). Without it,
     each attack runs on every clean-correct example and ``per_attack`` holds its own result.
     Each attack must be built for its budget: ``PGD(ThreatModel("linf", 8 / 255), steps=20)``.
+    With ``precision="bf16"`` the native attacks compute their gradients in bfloat16
+    (:mod:`robench.precision`); every example is still scored in the model's own precision.
+    For a convolutional model, ``model.to(memory_format=torch.channels_last)`` and the same for
+    ``x`` often help as much again.
     """
     clean = predict(model, x, batch_size) == y
     order = sorted(attacks, key=cascade_cost) if cascade else list(attacks)
@@ -134,7 +143,8 @@ def evaluate(
         name = attack.name
         while name in per_attack:
             name += "'"
-        out = attack_outcome(model, attack, x, y, robust if cascade else clean, batch_size)
+        targets = robust if cascade else clean
+        out = attack_outcome(model, attack, x, y, targets, batch_size, precision=precision)
         per_attack[name], n_attacked[name] = out.robust, out.n_attacked
         robust = out.robust if cascade else robust & out.robust
     return Evaluation(clean, robust, per_attack, n_attacked)

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from robench import provenance
+from robench import precision, provenance
 from robench.checks import (
     SANITY_PREFIX,
     Score,
@@ -227,6 +227,7 @@ class _Run:
                         bench.evaluation.batch_size,
                         source=source,
                         misclassified=everything,
+                        precision=bench.evaluation.precision,
                     )
                 if in_cascade:
                     alive[(a.norm, eps)] = (out.robust, [*before, a.label])
@@ -336,6 +337,7 @@ class _Run:
                 keep=x_adv,
                 source=source,
                 misclassified=everything,
+                precision=self.bench.evaluation.precision,
             )
             minimal[a.label] = (x_adv, out)
         x_adv, out = minimal[a.label]
@@ -380,6 +382,9 @@ class _Run:
         model = (d.model or bench.model).instantiate().build(self.info)
         model = d.instantiate().fit(model, train, ctx).to(self.device).eval()
         x, y = ev.x.to(self.device), ev.y.to(self.device)
+        if bench.evaluation.channels_last and x.dim() == 4:
+            model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         return model, x, y, predict(model, x, bench.evaluation.batch_size) == y
 
     def _attack_row(self, base: dict[str, Any], a: AttackUse, eps: float) -> dict[str, Any]:
@@ -423,6 +428,7 @@ def run(
         )
     info = check_data_and_model(bench, root, str(bench.source) if bench.source else None)
     dev = resolve_device(device)
+    precision.warn_if_slow(bench.evaluation.precision, dev, "[evaluation]")
     reporter = Reporter(quiet=quiet)
     t0 = time.perf_counter()
 

@@ -5,8 +5,8 @@ Third-party defenses may reuse :func:`train_loop` with a loss of their own.
 The loop is written for GPUs and runs unchanged on the CPU: the training set moves to the device
 once (as uint8 when its images are 8-bit), shuffling and augmentation draw random numbers on the
 device, and the loop never waits for the device between steps. Three options speed it up on a
-GPU: ``precision = "bf16"`` (autocast; CUDA only, fp32 elsewhere), ``channels_last`` and
-``compile`` (falls back to eager mode where torch.compile fails).
+GPU: ``precision = "bf16"`` (autocast; also fast on CPUs with native bfloat16),
+``channels_last`` and ``compile`` (falls back to eager mode where torch.compile fails).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from robench import precision
 from robench.dataset import Data
 
 #: ``loss_fn(model, x, y)``: the loss of one training batch. With ``compile`` it is also called
@@ -57,8 +58,8 @@ class TrainingConfig(BaseModel):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="'bf16': bfloat16 autocast around each training batch's forward and loss, "
-        "the inner attack's crafting included (a CUDA option: elsewhere training runs in fp32, "
-        "with a warning)",
+        "the inner attack's crafting included (fast on GPUs and on CPUs with native bf16; "
+        "elsewhere emulated and slow, with a warning)",
     )
     channels_last: bool = Field(
         False,
@@ -281,13 +282,8 @@ def train_loop(
     images = DeviceImages(x, device, _float_dtype(model, default), cfg.channels_last)
     y = y.to(device)
     n = len(y)
-    use_bf16 = cfg.precision == "bf16" and device.type == "cuda"
-    if cfg.precision == "bf16" and not use_bf16:
-        warnings.warn(
-            f"precision 'bf16' is a CUDA option: training in fp32 on {device.type}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    use_bf16 = cfg.precision == "bf16"
+    precision.warn_if_slow(cfg.precision, device, "[training]")
 
     def batch_loss(net: nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
         if not use_bf16:

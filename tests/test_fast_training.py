@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from robench import training
+from robench import precision, training
 from robench.config import load_benchmark
 from robench.dataset import Data
 from robench.defense import TrainContext
@@ -229,11 +229,24 @@ def test_channels_last_training_on_cpu(digits):
         torch.testing.assert_close(p, q)  # the same training, in another memory layout
 
 
-def test_bf16_on_cpu_falls_back_to_fp32(digits):
-    info, train, _ = digits
-    with pytest.warns(RuntimeWarning, match="'bf16' is a CUDA option"):
-        bf16 = train_plain(info, train, precision="bf16")
-    assert params_equal(bf16, train_plain(info, train))
+def test_bf16_trains_under_autocast_on_cpu(monkeypatch, digits):
+    info, train, test = digits
+    seen = []
+
+    def loss(m, x, y):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return nn.functional.cross_entropy(m(x), y)
+
+    cfg = TrainingConfig(epochs=6, lr=3e-3, precision="bf16")
+    model = train_loop(build(info), train, cfg, loss, device="cpu", seed=0)
+    assert seen and all(seen)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert not params_equal(model, train_plain(info, train, epochs=6))
+    with torch.no_grad():
+        assert (model(test.x).argmax(1) == test.y).float().mean() > 0.8
+    monkeypatch.setattr(precision, "bf16_native", lambda device: False)
+    with pytest.warns(RuntimeWarning, match=r"\[training\].*emulated"):
+        train_plain(info, eval_subset(train, 64, seed=0), precision="bf16", epochs=1)
 
 
 def test_compile_falls_back_to_eager_where_it_fails(monkeypatch, digits):

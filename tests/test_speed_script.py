@@ -43,19 +43,27 @@ def test_speed_script_tiny(tmp_path: Path, one_thread) -> None:
     ev = df[df["section"] == "evaluation"]
     assert ev["model"].nunique() == 2  # undefended and adversarially trained
     has_ta = importlib.util.find_spec("torchattacks") is not None
-    tools = {"robench", "ART", "Foolbox"} | ({"torchattacks"} if has_ta else set())
+    tools = {"robench", "robench bf16+cl", "ART", "Foolbox"}
+    tools |= {"torchattacks", "torchattacks bf16+cl"} if has_ta else set()
     for _, per_model in ev.groupby("model"):
         assert set(per_model["tool"]) == tools
-        ours = per_model[per_model["tool"] == "robench"].iloc[0]
-        assert ours["robust_accuracy"] <= ours["clean_accuracy"]
-        others = per_model[per_model["tool"] != "robench"]
-        assert (others["ratio_or_speedup"] > 0).all()
+        for tool in ("robench", "robench bf16+cl"):
+            ours = per_model[per_model["tool"] == tool].iloc[0]
+            assert ours["robust_accuracy"] <= ours["clean_accuracy"]
+        assert (per_model[["ratio_or_speedup", "speedup_vs_fast"]] > 0).all().all()
+        targets = per_model.dropna(subset=["target"])
+        assert set(targets["tool"]) == tools - {
+            "robench",
+            "robench bf16+cl",
+            "torchattacks bf16+cl",
+        }
 
     adapter = df[df["section"] == "adapter"]
     assert len(adapter) == 4
     assert adapter["overhead_pct"].notna().sum() == 2
 
     training = df[df["section"] == "training"]
-    assert len(training) == 3 and (training["images_per_s"] > 0).all()
-    standard = training[training["what"].str.startswith("standard")].iloc[0]
-    assert math.isclose(standard["ratio_or_speedup"], 1.0)
+    assert len(training) == 6 and (training["images_per_s"] > 0).all()
+    standard = training[training["what"].str.startswith("standard")]
+    assert len(standard) == 2  # fp32 and bf16+cl, each the unit of its setting
+    assert all(math.isclose(r, 1.0) for r in standard["ratio_or_speedup"])

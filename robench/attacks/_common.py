@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robench.precision import gradient_autocast
 from robench.threat import ThreatModel
 
 #: The loss an attack maximises: cross-entropy, or the Carlini–Wagner logit margin
@@ -40,10 +41,17 @@ def input_gradient(
 def gradient_and_logits(
     model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, loss: LossName
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`input_gradient` and the (detached) logits at ``x_adv``, from one forward pass."""
+    """:func:`input_gradient` and the (detached) logits at ``x_adv``, from one forward pass.
+
+    The pass runs in the evaluation's attack precision (:func:`robench.precision.
+    gradient_autocast`); the gradient comes back in ``x_adv``'s dtype, the logits in the
+    precision they were computed in.
+    """
     x_adv = x_adv.detach().requires_grad_(True)
-    logits = model(x_adv)
-    (grad,) = torch.autograd.grad(per_example_loss(logits, y, loss).sum(), x_adv)
+    with gradient_autocast(x_adv.device.type):
+        logits = model(x_adv)
+        total = per_example_loss(logits, y, loss).sum()
+    (grad,) = torch.autograd.grad(total, x_adv)
     return grad, logits.detach()
 
 

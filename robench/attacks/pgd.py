@@ -6,6 +6,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
+from robench import precision
 from robench.attack import Attack
 from robench.attacks._common import (
     Ball,
@@ -123,6 +124,9 @@ class PGD(Attack):
         is adversarial there: later steps could only lose it) and leaves the batch, so the
         remaining steps cost only what is still robust. The check reuses the logits of the
         gradient's forward pass; dropping the fooled examples costs one device sync per step.
+        When the gradient pass runs in reduced precision (bf16), an example leaves only once a
+        forward pass in full precision confirms it is misclassified (a pass over just the
+        examples the reduced-precision logits call misclassified).
         """
         p, alpha = self.params, self.alpha
         if not p.early_stop:
@@ -131,9 +135,12 @@ class PGD(Attack):
             return x_adv
         out = x_adv.clone()
         index = torch.arange(len(x_adv), device=x_adv.device)
+        confirm = precision.reduced(x_adv.device.type)
         for _ in range(p.steps):
             grad, logits = gradient_and_logits(model, x_adv, y, p.loss)
             hit = logits.argmax(dim=1) != y
+            if confirm and hit.any():  # a reduced-precision verdict: the model's must agree
+                hit = _confirmed(model, x_adv, y, hit)
             if hit.any():
                 out[index[hit]] = x_adv[hit]
                 keep = (~hit).nonzero().flatten()
@@ -149,3 +156,15 @@ class PGD(Attack):
             x_adv = ball.step(x_adv, grad, alpha)
         out[index] = x_adv
         return out
+
+
+def _confirmed(
+    model: nn.Module, x_adv: torch.Tensor, y: torch.Tensor, hit: torch.Tensor
+) -> torch.Tensor:
+    """``hit`` where the model, in its own precision, also misclassifies ``x_adv``."""
+    rows = hit.nonzero().flatten()
+    with torch.no_grad(), precision.full_precision(x_adv.device.type):
+        wrong = model(x_adv[rows]).argmax(dim=1) != y[rows]
+    hit = torch.zeros_like(hit)
+    hit[rows[wrong]] = True
+    return hit
