@@ -94,7 +94,8 @@ from robench.dataset import Data, DatasetInfo
 from robench.defense import TrainContext
 from robench.evaluation import evaluate
 from robench.registry import get_registry
-from robench.runner import resolve_device, seed_everything
+from robench.reproducibility import seed_everything
+from robench.runner import resolve_device
 from robench.specs import AttackSpec
 from robench.threat import ThreatModel
 from robench.training import TrainingConfig

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import math
-import random
 import time
 import traceback
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -34,11 +30,13 @@ from robench.config import (
 from robench.dataset import Data, DatasetInfo
 from robench.defense import TrainContext
 from robench.errors import ConfigError
-from robench.evaluation import AttackOutcome, attack_outcome, cascade_cost, predict
+from robench.evaluation import predict
 from robench.outcomes import OutcomeWriter
 from robench.progress import Reporter
 from robench.registry import Registry, get_registry
+from robench.reproducibility import cell_seed, eval_indices, seed_everything
 from robench.results import ResultsWriter
+from robench.scoring import ModelScorer
 from robench.specs import AttackSpec
 from robench.threat import ThreatModel
 
@@ -55,32 +53,6 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA was requested but no CUDA device is available", field="device")
     return device
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def cell_seed(seed: int, *parts: Any) -> int:
-    """A stable per-cell seed derived from the benchmark seed and the cell's identity."""
-    return (seed * 1_000_003 + zlib.crc32("|".join(map(str, parts)).encode())) % 2**31
-
-
-def eval_indices(n_test: int, n: int | None, seed: int) -> torch.Tensor:
-    """Positions in the test split of a seeded random subset of ``n`` examples (all if None)."""
-    if n is None or n >= n_test:
-        return torch.arange(n_test)
-    return torch.randperm(n_test, generator=torch.Generator().manual_seed(seed))[:n]
-
-
-def eval_subset(test: Data, n: int | None, seed: int) -> Data:
-    """A seeded random subset of ``n`` test examples (all of them when ``n`` is None)."""
-    if n is None or n >= len(test):
-        return test
-    idx = eval_indices(len(test), n, seed)
-    return Data(test.x[idx], test.y[idx])
 
 
 class _Run:
@@ -194,44 +166,17 @@ class _Run:
         flags = self._model_flags(model, x[clean], y[clean])
         scores: list[Score] = []
         outcomes: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {}
-        minimal: dict[str, tuple[torch.Tensor, AttackOutcome]] = {}  # per minimisation attack
-        cascade = bench.evaluation.cascade
-        #: cascade: per budget, the examples robust to every attack so far, and those attacks
-        alive: dict[tuple[str, float], tuple[torch.Tensor, list[str]]] = {}
-        for a, eps in (self._cheapest_first(cells) if cascade else cells) + sanity_cells:
+        scorer = ModelScorer(bench.evaluation, self.info, model, x, y, clean, self._source)
+        for a, eps in scorer.order(cells) + sanity_cells:
             row = self._attack_row(base, a, eps)
             sanity = a.label.startswith(SANITY_PREFIX)
             if sanity:
                 row["kind"] = "sanity"
-            # a transfer attack keeps its own number (a protocol of its own, like NSL's)
-            in_cascade = cascade and not sanity and not a.source
-            targets, before = alive.get((a.norm, eps), (clean, [])) if in_cascade else (clean, [])
-            # the misclassified examples are attacked by the first attack of a cascade only
-            everything = bench.evaluation.attack_misclassified and not before
             t1 = time.perf_counter()
             try:
-                source = self._source(a)
-                if a.entry.cls.minimizes:
-                    out = self._minimal_outcome(
-                        a, eps, model, x, y, clean, targets, everything, minimal, row, source
-                    )
-                else:
-                    seed_everything(row["seed"])
-                    attack = a.instantiate(ThreatModel(a.norm, eps, self.info.bounds))
-                    out = attack_outcome(
-                        model,
-                        attack,
-                        x,
-                        y,
-                        targets,
-                        bench.evaluation.batch_size,
-                        source=source,
-                        misclassified=everything,
-                        precision=bench.evaluation.precision,
-                    )
-                if in_cascade:
-                    alive[(a.norm, eps)] = (out.robust, [*before, a.label])
-                    row["attacks"] = "+".join([*before, a.label])
+                out, chain = scorer.score(a, eps, row["seed"], sanity)
+                if chain:
+                    row["attacks"] = "+".join(chain)
                 row["n_attacked"] = out.n_attacked
                 n_robust = int(out.robust.sum())
                 adv = None if out.adv_correct is None else int(out.adv_correct.sum()) / len(y)
@@ -291,63 +236,6 @@ class _Run:
         self.rows[clean_index] = clean_row_done | {"flags": "; ".join(flags)}
         self.writer.write(self.rows)
         self.report.flags(name, flags)
-
-    def _cheapest_first(self, cells: list[tuple[AttackUse, float]]):
-        """The cells in cascade order: by budget, then by the attack's cost (minimisation
-        attacks last: they run once for every budget, on every clean-correct example)."""
-
-        def cost(cell: tuple[AttackUse, float]) -> float:
-            a, eps = cell
-            return cascade_cost(a.instantiate(ThreatModel(a.norm, eps, self.info.bounds)))
-
-        return sorted(cells, key=lambda c: (c[0].norm, c[1], cost(c)))
-
-    def _minimal_outcome(
-        self,
-        a: AttackUse,
-        eps: float,
-        model: torch.nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        clean: torch.Tensor,
-        targets: torch.Tensor,
-        everything: bool,
-        minimal: dict[str, tuple[torch.Tensor, AttackOutcome]],
-        row: dict[str, Any],
-        source: torch.nn.Module | None = None,
-    ) -> AttackOutcome:
-        """Score a minimisation attack at ``eps`` on ``targets`` (the clean-correct examples,
-        or in a cascade those still robust). It runs once per defense (with ε = ∞ and the
-        cell seed of its first budget, on every clean-correct example); its result is
-        projected into each ε-ball, which keeps every adversarial example that fits the budget
-        and may find more."""
-        batch = self.bench.evaluation.batch_size
-        ran = a.label not in minimal
-        if ran:
-            seed_everything(row["seed"])
-            attack = a.instantiate(ThreatModel(a.norm, math.inf, self.info.bounds))
-            x_adv = x.clone()
-            out = attack_outcome(
-                model,
-                attack,
-                x,
-                y,
-                clean,
-                batch,
-                keep=x_adv,
-                source=source,
-                misclassified=everything,
-                precision=self.bench.evaluation.precision,
-            )
-            minimal[a.label] = (x_adv, out)
-        x_adv, out = minimal[a.label]
-        x_eps = ThreatModel(a.norm, eps, self.info.bounds).project(x_adv, x)
-        correct = predict(model, x_eps, batch) == y
-        adv_correct = correct if out.adv_correct is not None and everything else None
-        n_attacked = out.n_attacked if ran else 0  # later budgets reuse the first run
-        return AttackOutcome(
-            targets & correct, out.n_violations, out.max_violation, adv_correct, n_attacked
-        )
 
     def _model_flags(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
         """The model checks (on clean-correct examples); a check that fails to run is a flag."""

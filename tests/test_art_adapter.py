@@ -21,7 +21,7 @@ from robench.config import load_benchmark
 from robench.defense import TrainContext
 from robench.errors import ConfigError
 from robench.registry import build_registry
-from robench.runner import eval_subset
+from robench.reproducibility import eval_subset
 from robench.threat import TOLERANCE, ThreatModel
 from robench.training import TrainingConfig
 

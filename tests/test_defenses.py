@@ -11,7 +11,7 @@ from robench.config import PluginUse
 from robench.dataset import Data
 from robench.defense import TrainContext
 from robench.registry import build_registry
-from robench.runner import eval_subset
+from robench.reproducibility import eval_subset
 from robench.threat import ThreatModel
 from robench.training import TrainingConfig, crop_flip, lr_factor
 

@@ -18,7 +18,7 @@ from robench.dataset import Data
 from robench.defense import TrainContext
 from robench.errors import ConfigError
 from robench.registry import build_registry
-from robench.runner import eval_subset
+from robench.reproducibility import eval_subset
 from robench.specs import AttackSpec
 from robench.threat import ThreatModel
 from robench.training import TrainingConfig, as_uint8, crop_flip, train_loop

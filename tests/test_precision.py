@@ -13,7 +13,7 @@ from robench.attacks.fgsm import FGSM
 from robench.attacks.pgd import PGD
 from robench.evaluation import evaluate
 from robench.registry import build_registry
-from robench.runner import eval_subset
+from robench.reproducibility import eval_subset
 from robench.threat import ThreatModel
 
 from .helpers import tiny_config
