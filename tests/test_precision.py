@@ -9,6 +9,7 @@ from torch import nn
 
 import robench
 from robench import precision
+from robench.attacks import pgd as pgd_module
 from robench.attacks.fgsm import FGSM
 from robench.attacks.pgd import PGD
 from robench.evaluation import evaluate
@@ -94,6 +95,60 @@ def test_an_early_stop_needs_the_full_precision_verdict(monkeypatch, trained):
     monkeypatch.setattr(precision, "reduced", lambda device_type: False)
     fooled = evaluate(Recording(model, lie=True), x, y, pgd, batch_size=64, precision="bf16")
     assert fooled.robust_accuracy > out.clean_accuracy - 0.1
+
+
+class NearLiar(nn.Module):
+    """``inner``, but in gradient passes the top two logits trade places when they are closer
+    than half the slack (values only: the gradients stay true), as a reduced precision might."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.slack = pgd_module.MARGIN_SLACK / 2
+        self.example_passes = self.swaps = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.inner(x)
+        if not torch.is_grad_enabled():
+            return logits
+        self.example_passes += len(x)
+        top = logits.detach().topk(2, dim=1)
+        gap = top.values[:, 0] - top.values[:, 1]
+        close = gap < self.slack * logits.detach().abs().amax(dim=1)
+        self.swaps += int(close.sum())
+        lie = logits.detach().clone()
+        rows = close.nonzero().flatten()
+        lie[rows, top.indices[rows, 0]] = top.values[rows, 1]
+        lie[rows, top.indices[rows, 1]] = top.values[rows, 0]
+        return logits + (lie - logits.detach())
+
+
+def test_reduced_precision_catches_what_the_model_misclassifies_by_a_hair(monkeypatch, trained):
+    """Logits that are a little off near the boundary neither stop PGD early nor hide an example
+    the model itself misclassifies: the early-stopped result is the full-precision one."""
+    model, x, y, bounds = trained
+    pgd = [PGD(ThreatModel("linf", 0.1, bounds), steps=10)]
+
+    def robust(net: nn.Module, reduced: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        with monkeypatch.context() as m:
+            m.setattr(precision, "reduced", lambda device_type: reduced)
+            return evaluate(net, x, y, pgd, batch_size=64).robust
+
+    truthful = NearLiar(model)
+    truthful.slack = 0.0  # never lies
+    honest = robust(truthful, False)
+    monkeypatch.setattr(pgd_module, "MARGIN_SLACK", 0.5)  # a wide slack, a big lie: many cases
+    liar, blind = NearLiar(model), NearLiar(model)
+    assert torch.equal(robust(liar, True), honest)
+    assert liar.swaps > 0
+    # the same steps taken (up to a tie or two: a full-precision pass over a few rows may
+    # round differently from one over the whole batch)
+    assert abs(liar.example_passes - truthful.example_passes) <= 0.02 * truthful.example_passes
+    # without the slack, the examples the lie hides near the boundary keep costing steps
+    monkeypatch.setattr(pgd_module, "MARGIN_SLACK", 0.0)
+    robust(blind, True)
+    assert blind.example_passes > 1.1 * liar.example_passes
 
 
 def test_attack_precision_is_scoped_and_checked():
