@@ -16,6 +16,11 @@ Wagner, DeepFool, decision-based attacks) looks for the smallest adversarial per
 ignores ε; its result may leave the ε-ball without that being a violation (only the bounds and
 NaN count), and it is projected like any other. The runner runs such an attack once per defense
 with ε = ∞ and scores the result at every ε of the benchmark by projecting it into each ball.
+
+An evaluation may allow gradients in bfloat16 (:mod:`robench.precision`): an attack opts in by
+running its gradient passes under :func:`robench.precision.gradient_autocast`, and confirms in
+full precision any decision it takes on those logits. Results are always scored in the model's
+own precision.
 """
 
 from __future__ import annotations

@@ -2,17 +2,17 @@
 
 An evaluation may let attacks compute their gradients in bfloat16 (``[evaluation] precision =
 "bf16"``, or ``evaluate(..., precision="bf16")``): each gradient pass of the native attacks
-then runs under :func:`torch.autocast`, which is two to three times faster on GPUs and on CPUs
-with native bfloat16 (AVX-512 BF16, AMX). What counts is never decided in bfloat16: robench
-scores every adversarial example with the model in its own precision, and an attack that
-stops early on an example (PGD's early stop) first confirms in full precision that the
-example is misclassified. A less exact gradient can only make an attack weaker, never make
-robust accuracy look lower than it is; ``benchmarks/speed.py`` measures how much weaker.
+then runs under :func:`torch.autocast`, several times cheaper on hardware with native bfloat16
+(GPUs with bf16 tensor cores; CPUs with AVX-512 BF16 or AMX). Nothing is decided in bfloat16:
+robench scores every adversarial example with the model in its own precision, and PGD's early
+stop only takes the reduced-precision logits as a nomination, which a full-precision pass over
+the nominated examples decides (:func:`reduced`, :func:`full_precision`). A less exact gradient
+can only make an attack weaker, never make robust accuracy look lower than it is;
+``benchmarks/speed.py`` measures how much weaker.
 
-Third-party gradient attacks honour the setting by running their forward passes under
+Third-party gradient attacks honour the setting by running their gradient passes under
 :func:`gradient_autocast`; attacks that do not (the ART and Foolbox adapters) run in full
-precision.
-"""
+precision."""
 
 from __future__ import annotations
 
