@@ -12,6 +12,7 @@ from robench.errors import ConfigError, ContractError, PluginError
 from robench.evaluation import Evaluation, evaluate
 from robench.model import Model, Normalize
 from robench.plugin import NoParams, Params, Plugin
+from robench.precision import Precision, full_precision, gradient_autocast, reduced
 from robench.specs import AttackSpec, Epsilon, NormName
 from robench.threat import ThreatModel
 from robench.training import TrainingConfig, train_loop
@@ -35,11 +36,15 @@ __all__ = [
     "Params",
     "Plugin",
     "PluginError",
+    "Precision",
     "ThreatModel",
     "TrainContext",
     "TrainingConfig",
     "attack_mode",
     "craft",
     "evaluate",
+    "full_precision",
+    "gradient_autocast",
+    "reduced",
     "train_loop",
 ]
