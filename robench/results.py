@@ -48,32 +48,26 @@ COLUMNS = (
 )
 
 
-NUMERIC_COLUMNS = (
-    "train_seed",
+#: whole-number columns (nullable) and float columns; ci_low/ci_high are computed, not read
+INT_COLUMNS = ("train_seed", "n_examples", "n_correct", "n_attacked", "n_violations", "seed")
+FLOAT_COLUMNS = (
     "eps",
     "accuracy",
     "adv_accuracy",
-    "ci_low",
-    "ci_high",
     "clean_accuracy",
     "max_violation",
     "seconds",
     "train_seconds",
-    "n_examples",
-    "n_correct",
-    "n_attacked",
-    "n_violations",
-    "seed",
 )
+NUMERIC_COLUMNS = (*INT_COLUMNS, *FLOAT_COLUMNS, "ci_low", "ci_high")
 TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
 
 
 def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
-    for c in ("train_seed", "n_examples", "n_correct", "n_attacked", "n_violations", "seed"):
+    for c in INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
-    floats = ("eps", "accuracy", "adv_accuracy", "clean_accuracy", "max_violation", "seconds")
-    for c in (*floats, "train_seconds"):
+    for c in FLOAT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     bounds = [
         wilson_interval(int(k), int(n)) if pd.notna(k) and pd.notna(n) else (math.nan, math.nan)
