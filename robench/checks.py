@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 SANITY_PREFIX = "sanity:"
 #: the large budget, as a share of the data range, at which PGD must reach chance
 LARGE_EPS = 0.5
+#: the label of the sanity PGD at that budget
+SANITY_PGD = f"{SANITY_PREFIX}pgd-{LARGE_EPS:g}"
 
 #: examples used by the model checks
 N_CHECK = 256
@@ -162,7 +164,7 @@ def sanity_attacks(bench: Benchmark, registry: Registry, info: DatasetInfo) -> l
         AttackUse(
             pgd,
             pgd.cls.Params(steps=20),
-            label=f"{SANITY_PREFIX}pgd-{LARGE_EPS:g}",
+            label=SANITY_PGD,
             norm="linf",
             eps=(LARGE_EPS * (hi - lo),),
         )
@@ -187,9 +189,7 @@ def chance_check(scores: Iterable[Score], num_classes: int) -> list[str]:
     chance = 1.0 / num_classes
     flags = []
     for s in scores:
-        if s.attack == f"{SANITY_PREFIX}pgd-{LARGE_EPS:g}" and s.accuracy > chance + _tolerance(
-            s.n_examples
-        ):
+        if s.attack == SANITY_PGD and s.accuracy > chance + _tolerance(s.n_examples):
             flags.append(
                 f"not broken by a huge budget: PGD at L∞ {s.eps:g} leaves "
                 f"{100 * s.accuracy:.1f}% (chance is {100 * chance:.1f}%)"
