@@ -1,9 +1,10 @@
 """Helpers for plugins that adapt another library's classes (ART, Foolbox) into robench plugins.
 
-:func:`model_device_dtype` says where and in what precision a model runs, so that the library
-runs there too. :func:`params_from_signature` turns a library class's keyword parameters into a
-robench :class:`~robench.plugin.Params` model, so that a benchmark can pass them by name and a
-misspelled or unknown key is caught when the benchmark is validated, before anything trains.
+:func:`model_device_dtype` (from :mod:`robench.model`) says where and in what precision a model
+runs, so that the library runs there too. :func:`params_from_signature` turns a library class's
+keyword parameters into a robench :class:`~robench.plugin.Params` model, so that a benchmark can
+pass them by name and a misspelled or unknown key is caught when the benchmark is validated,
+before anything trains.
 """
 
 from __future__ import annotations
@@ -12,20 +13,12 @@ import inspect
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-import torch
 from pydantic import create_model
-from torch import nn
 
+from robench.model import model_device_dtype
 from robench.plugin import Params
 
-
-def model_device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:
-    """The device and floating dtype of the model's first floating parameter or buffer (for a
-    model without one: ``x``'s device, and its dtype if floating, else float32)."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return x.device, x.dtype if x.is_floating_point() else torch.float32
+__all__ = ["iteration_cost", "model_device_dtype", "params_from_signature"]
 
 
 _VARIADIC = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)

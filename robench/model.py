@@ -53,3 +53,12 @@ class Model(Plugin):
 
         Put the input normalisation inside (e.g. with :class:`Normalize`).
         """
+
+
+def model_device_dtype(model: nn.Module, x: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype of the model's first floating parameter or buffer (for a
+    model without one: ``x``'s device, and its dtype if floating, else float32)."""
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return x.device, x.dtype if x.is_floating_point() else torch.float32

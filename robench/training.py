@@ -23,6 +23,8 @@ from torch import nn
 
 from robench import precision
 from robench.dataset import Data
+from robench.model import model_device_dtype
+from robench.precision import Precision
 
 #: ``loss_fn(model, x, y)``: the loss of one training batch. With ``compile`` it is also called
 #: once per batch size in the warm-up, whose effects on the model and the RNGs are undone.
@@ -55,7 +57,7 @@ class TrainingConfig(BaseModel):
     train_examples: int | None = Field(
         None, ge=1, description="train on the first N examples of a seeded shuffle (all: unset)"
     )
-    precision: Literal["fp32", "bf16"] = Field(
+    precision: Precision = Field(
         "fp32",
         description="'bf16': bfloat16 autocast around each training batch's forward and loss, "
         "the inner attack's crafting included (fast on GPUs and on CPUs with native bf16; "
@@ -201,14 +203,6 @@ class DeviceImages:
         return xb.to(memory_format=self.memory_format)
 
 
-def _float_dtype(model: nn.Module, default: torch.dtype) -> torch.dtype:
-    """The dtype of the model's first floating parameter or buffer (``default`` if none)."""
-    for t in (*model.parameters(), *model.buffers()):
-        if t.is_floating_point():
-            return t.dtype
-    return default
-
-
 def _rng_devices(device: torch.device) -> list[int]:
     """The CUDA devices whose RNG :func:`torch.random.fork_rng` must save for ``device``."""
     if device.type != "cuda":
@@ -278,8 +272,8 @@ def train_loop(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    default = x.dtype if x.is_floating_point() else torch.float32
-    images = DeviceImages(x, device, _float_dtype(model, default), cfg.channels_last)
+    _, dtype = model_device_dtype(model, x)
+    images = DeviceImages(x, device, dtype, cfg.channels_last)
     y = y.to(device)
     n = len(y)
     use_bf16 = cfg.precision == "bf16"
