@@ -95,7 +95,7 @@ from robench.attacks.pgd import PGD
 from robench.config import default_data_root
 from robench.dataset import Data, DatasetInfo
 from robench.defense import TrainContext
-from robench.evaluation import evaluate
+from robench.evaluation import evaluate, predict
 from robench.registry import get_registry
 from robench.reproducibility import seed_everything
 from robench.runner import resolve_device
@@ -274,13 +274,8 @@ def interleaved(
 # --- evaluation -------------------------------------------------------------------------------
 
 
-@torch.inference_mode()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int) -> float:
-    correct = sum(
-        int((model(xb).argmax(1) == yb).sum())
-        for xb, yb in zip(x.split(batch), y.split(batch), strict=True)
-    )
-    return correct / len(y)
+    return (predict(model, x, batch) == y).float().mean().item()
 
 
 def channels_last(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.Tensor]:
