@@ -44,119 +44,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
 from robench.errors import ConfigError
 from robench.plugin import Params
-from robench.precision import Precision
 from robench.registry import Entry, Registry, get_registry, unknown_name_message
-from robench.specs import Epsilon, NormName
+from robench.schema import BenchmarkFile, EvaluationConfig
 from robench.training import TrainingConfig
 from robench.validation import Validator, check_unique, raise_one_line
 
-_Strict = ConfigDict(extra="forbid")
-_WithParams = ConfigDict(extra="allow")
-
-
-class EvaluationConfig(BaseModel):
-    """The ``[evaluation]`` table."""
-
-    model_config = _Strict
-
-    n_examples: int | None = Field(
-        1000, ge=1, description="test examples scored (a seeded random subset); all if unset"
-    )
-    batch_size: int = Field(500, ge=1)
-    sanity: bool = Field(
-        True,
-        description="also run the sanity attacks (PGD at L∞ ε = 0.5, random noise at every "
-        "budget) that the trust checks use; their rows have kind 'sanity'",
-    )
-    attack_misclassified: bool = Field(
-        True,
-        description="attack the clean-misclassified examples too, for the robust ≤ clean "
-        "check (column adv_accuracy); robust accuracy counts clean-correct examples either way",
-    )
-    cascade: bool = Field(
-        False,
-        description="per budget, run the attacks cheapest first, each only on the examples "
-        "no earlier one fooled: the worst case at a fraction of the cost, but an attack row "
-        "then counts the examples robust to it and every attack before it",
-    )
-    precision: Precision = Field(
-        "fp32",
-        description="'bf16': the native attacks compute their gradients under bfloat16 "
-        "autocast (2-3x faster on GPUs and CPUs with native bf16); examples are always scored, "
-        "and PGD's early stops confirmed, in the model's own precision",
-    )
-    channels_last: bool = Field(
-        False,
-        description="evaluate the model and images (4-d) in channels_last memory format "
-        "(faster convolutions on GPUs and many CPUs)",
-    )
-
-
-class _PluginTable(BaseModel):
-    model_config = _WithParams
-    name: str
-
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-
-def _check_seeds(v: list[int] | None) -> list[int] | None:
-    if v is not None and len(set(v)) != len(v):
-        raise ValueError(f"seeds must be distinct (got {v})")
-    return v
-
-
-class _DefenseTable(_PluginTable):
-    label: str | None = None
-    #: training seeds of this defense (default: the benchmark's ``seeds``)
-    seeds: list[int] | None = Field(None, min_length=1)
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct(cls, v: list[int] | None) -> list[int] | None:
-        return _check_seeds(v)
-
-    training: dict[str, Any] = Field(default_factory=dict)
-    model: _PluginTable | None = None
-
-
-class _AttackTable(_PluginTable):
-    label: str | None = None
-    norm: NormName = "linf"
-    #: a transfer attack: craft on this defense's model, score on every defense
-    source: str | None = None
-    eps: list[Epsilon] = Field(min_length=1)
-
-    @field_validator("eps", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return v if isinstance(v, list) else [v]
-
-
-class _File(BaseModel):
-    model_config = _Strict
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-    description: str = ""
-    seed: int = 0
-    #: training seeds of every defense (default: ``[seed]``)
-    seeds: list[int] | None = Field(None, min_length=1)
-    output_dir: str | None = None
-    dataset: _PluginTable
-    model: _PluginTable
-    training: dict[str, Any] = Field(default_factory=dict)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    defenses: list[_DefenseTable] = Field(min_length=1)
-    attacks: list[_AttackTable] = Field(default_factory=list)
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct(cls, v: list[int] | None) -> list[int] | None:
-        return _check_seeds(v)
+__all__ = [
+    "AttackUse",
+    "Benchmark",
+    "DefenseUse",
+    "EvaluationConfig",
+    "PluginUse",
+    "check_data_and_model",
+    "default_data_root",
+    "load_benchmark",
+    "read_toml",
+]
 
 
 @dataclass(frozen=True)
@@ -278,9 +185,9 @@ def load_benchmark(
         raw, source = read_toml(path), str(path)
         base_dir = path.resolve().parent
     try:
-        f = _File.model_validate(raw)
+        f = BenchmarkFile.model_validate(raw)
     except ValidationError as exc:
-        raise_one_line(exc, "", source, "a benchmark file", list(_File.model_fields))
+        raise_one_line(exc, "", source, "a benchmark file", list(BenchmarkFile.model_fields))
     v = Validator(registry, source, base_dir)
 
     dataset_entry = v.entry("dataset", f.dataset.name, "dataset")

@@ -8,10 +8,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from robench.config import AttackUse, EvaluationConfig
+from robench.config import AttackUse
 from robench.dataset import DatasetInfo
 from robench.evaluation import AttackOutcome, attack_outcome, cascade_cost, predict
 from robench.reproducibility import seed_everything
+from robench.schema import EvaluationConfig
 from robench.threat import ThreatModel
 
 Cell = tuple[AttackUse, float]

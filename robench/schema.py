@@ -1,0 +1,117 @@
+"""The benchmark file's schema: its TOML tables as pydantic models, before the plugin names and
+parameters in them are resolved against the registry (:func:`robench.config.load_benchmark`
+does that, and documents the file)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from robench.precision import Precision
+from robench.specs import Epsilon, NormName
+
+_Strict = ConfigDict(extra="forbid")
+_WithParams = ConfigDict(extra="allow")
+
+
+class EvaluationConfig(BaseModel):
+    """The ``[evaluation]`` table."""
+
+    model_config = _Strict
+
+    n_examples: int | None = Field(
+        1000, ge=1, description="test examples scored (a seeded random subset); all if unset"
+    )
+    batch_size: int = Field(500, ge=1)
+    sanity: bool = Field(
+        True,
+        description="also run the sanity attacks (PGD at L∞ ε = 0.5, random noise at every "
+        "budget) that the trust checks use; their rows have kind 'sanity'",
+    )
+    attack_misclassified: bool = Field(
+        True,
+        description="attack the clean-misclassified examples too, for the robust ≤ clean "
+        "check (column adv_accuracy); robust accuracy counts clean-correct examples either way",
+    )
+    cascade: bool = Field(
+        False,
+        description="per budget, run the attacks cheapest first, each only on the examples "
+        "no earlier one fooled: the worst case at a fraction of the cost, but an attack row "
+        "then counts the examples robust to it and every attack before it",
+    )
+    precision: Precision = Field(
+        "fp32",
+        description="'bf16': the native attacks compute their gradients under bfloat16 "
+        "autocast (faster where bf16 is native: GPUs, AVX-512 BF16 CPUs); examples are always "
+        "scored, and PGD's early stops confirmed, in the model's own precision",
+    )
+    channels_last: bool = Field(
+        False,
+        description="evaluate the model and images (4-d) in channels_last memory format "
+        "(faster convolutions on GPUs and many CPUs)",
+    )
+
+
+class PluginTable(BaseModel):
+    """A table naming a plugin; its other keys are the plugin's parameters."""
+
+    model_config = _WithParams
+    name: str
+
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+def _distinct(v: list[int]) -> list[int]:
+    if len(set(v)) != len(v):
+        raise ValueError("seeds must be distinct")  # the one-line error adds the value given
+    return v
+
+
+#: training seeds: at least one, all distinct
+Seeds = Annotated[list[int], Field(min_length=1), AfterValidator(_distinct)]
+
+
+class DefenseTable(PluginTable):
+    """One ``[[defenses]]`` table."""
+
+    label: str | None = None
+    #: training seeds of this defense (default: the benchmark's ``seeds``)
+    seeds: Seeds | None = None
+    training: dict[str, Any] = Field(default_factory=dict)
+    model: PluginTable | None = None
+
+
+class AttackTable(PluginTable):
+    """One ``[[attacks]]`` table."""
+
+    label: str | None = None
+    norm: NormName = "linf"
+    #: a transfer attack: craft on this defense's model, score on every defense
+    source: str | None = None
+    eps: list[Epsilon] = Field(min_length=1)
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return v if isinstance(v, list) else [v]
+
+
+class BenchmarkFile(BaseModel):
+    """A whole benchmark file, before its plugin names and parameters are resolved."""
+
+    model_config = _Strict
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+    description: str = ""
+    seed: int = 0
+    #: training seeds of every defense (default: ``[seed]``)
+    seeds: Seeds | None = None
+    output_dir: str | None = None
+    dataset: PluginTable
+    model: PluginTable
+    training: dict[str, Any] = Field(default_factory=dict)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    defenses: list[DefenseTable] = Field(min_length=1)
+    attacks: list[AttackTable] = Field(default_factory=list)
