@@ -16,7 +16,13 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if p.is_dir():
         p = p / "results.csv"
     if not p.is_file():
-        raise ValueError(f"{path}: no results.csv found")
+        partial = p.with_name("results.partial.csv")
+        unfinished = (
+            f" (an unfinished run's results are in {partial}: pass that file)"
+            if partial.is_file()
+            else ""
+        )
+        raise ValueError(f"{path}: no results.csv found{unfinished}")
     return read_results(p)
 
 
@@ -107,7 +113,7 @@ def build_leaderboard(
         row = {
             "benchmark": bench,
             "defense": defense,
-            "defense_plugin": g["defense_plugin"].iloc[0],
+            "defense_name": g["defense_name"].iloc[0],
             "model": g["model"].iloc[0],
             "seeds": ",".join(str(s) for s in per if s >= 0) or "",
             "clean_accuracy": clean,
@@ -173,7 +179,7 @@ def summary_table(df: pd.DataFrame) -> str:
 def to_markdown(board: pd.DataFrame) -> str:
     """The leaderboard as a GitHub markdown table (accuracies in %), ready for a README;
     a mean over several seeds is shown as mean ± standard deviation."""
-    hidden = ("benchmark", "defense_plugin", "status", "clean_std", "robust_std")
+    hidden = ("benchmark", "defense_name", "status", "clean_std", "robust_std")
     columns = [c for c in board.columns if c not in hidden]
 
     def cell(row: pd.Series, column: str) -> str:

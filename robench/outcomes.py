@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from robench.checks import SANITY_PREFIX
-from robench.results import atomic_write
+from robench.results import atomic_write, partial_name
 
 FILENAME = "outcomes.npz"
 _INDEX = "example_index"
@@ -143,10 +143,12 @@ def read_outcomes(folder: str | Path) -> Outcomes:
 
 
 class OutcomeWriter:
-    """Collects per-example outcomes and rewrites ``outcomes.npz`` atomically on each add."""
+    """Collects per-example outcomes and rewrites them atomically on each add: into
+    ``outcomes.partial.npz`` while the run goes; :meth:`finish` makes it ``outcomes.npz``."""
 
     def __init__(self, folder: Path, example_index: np.ndarray, cascade: bool = False) -> None:
         self.path = folder / FILENAME
+        self.partial = folder / partial_name(FILENAME)
         self.arrays: dict[str, np.ndarray] = {
             _INDEX: np.asarray(example_index, dtype=np.int64),
             _CASCADE: np.array([cascade]),
@@ -155,6 +157,14 @@ class OutcomeWriter:
     def add(self, defense: str, seed: int, attack: str, norm: str, eps: float, robust) -> None:
         vector = np.asarray(robust.cpu() if hasattr(robust, "cpu") else robust, dtype=bool)
         self.arrays[_key(defense, seed, attack, norm, eps)] = np.packbits(vector)
+        self._write(self.partial)
+
+    def _write(self, path: Path) -> None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **self.arrays)
-        atomic_write(self.path, buffer.getvalue())
+        atomic_write(path, buffer.getvalue())
+
+    def finish(self) -> None:
+        """The run finished: its outcomes replace ``outcomes.npz``."""
+        self._write(self.path)
+        self.partial.unlink(missing_ok=True)

@@ -36,6 +36,16 @@ class Reporter:
             f"[bold]robench[/] {name}: {n_cells} cells, {n_eval} evaluation examples, on {device}"
         )
 
+    def note(self, text: str) -> None:
+        self._print(text)
+
+    def interrupted(self, partial: str, final: str, n_rows: int) -> None:
+        self._stop_bar()
+        self._print(
+            f"[yellow]interrupted[/]: {n_rows} finished rows kept in {partial}; "
+            f"{final} (the last finished run) left as it was"
+        )
+
     def training(self, label: str) -> None:
         self._print(f"[bold]{label}[/]: training")
         self.last_loss = float("nan")

@@ -45,7 +45,19 @@ def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
 
 
 def device_info(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {"device": str(device), "torch_threads": torch.get_num_threads()}
+    """The device, and what CPU numbers depend on: float reductions (convolutions, matrix
+    products, sums) are split across threads, so the thread count changes results slightly."""
+    import os
+
+    info: dict[str, Any] = {
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "cpu_count": os.cpu_count(),
+        "thread_env": {
+            k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
+        },
+    }
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
         info["gpu"] = torch.cuda.get_device_name(idx)

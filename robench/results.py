@@ -19,11 +19,13 @@ COLUMNS = (
     "benchmark",
     "defense",
     "train_seed",  # the seed the defense was trained with (one run per seed)
-    "defense_plugin",
+    "defense_name",  # the registered defense ("adversarial"); "defense" is its label
+    "defense_plugin",  # who supplied it: "distribution version (plugin)"
     "model",
-    "kind",  # "clean" | "attack" | "worst-case"
+    "kind",  # "clean" | "attack" | "sanity" | "worst-case"
     "attack",
-    "attack_plugin",
+    "attack_name",  # the registered attack ("pgd", "art.SquareAttack"); "attack" is its label
+    "attack_plugin",  # who supplied it: "distribution version (plugin)"
     "source",  # transfer attacks: the defense whose model crafted the examples ("": white-box)
     "norm",
     "eps",
@@ -86,6 +88,10 @@ def read_results(path: str | Path) -> pd.DataFrame:
     missing = [c for c in ("defense", "kind", "norm", "eps", "accuracy") if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: not a robench results table (missing {', '.join(missing)})")
+    for kind in ("defense", "attack"):  # before 0.2 the *_plugin columns held the names
+        if f"{kind}_name" not in df.columns and f"{kind}_plugin" in df.columns:
+            df[f"{kind}_name"] = df[f"{kind}_plugin"]
+            df[f"{kind}_plugin"] = ""
     return to_frame(df.to_dict("records"))
 
 
@@ -99,18 +105,48 @@ def atomic_write(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+#: the files of a finished run, and where a run in progress writes them
+RESULTS_CSV, RESULTS_JSON = "results.csv", "results.json"
+
+
+def partial_name(name: str) -> str:
+    """``results.csv`` → ``results.partial.csv``: where a run in progress writes a file."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.partial{dot}{suffix}"
+
+
 class ResultsWriter:
-    """Writes ``results.csv`` and ``results.json`` into a folder after every change."""
+    """Writes the results table and its provenance as a run goes.
+
+    Until the run finishes, every change goes to ``results.partial.csv`` and
+    ``results.partial.json`` (atomically, after every cell): the previous run's
+    ``results.csv`` stays untouched, so a rerun that fails or is killed early never leaves
+    fewer results than before. :meth:`finish` replaces ``results.csv`` and ``results.json``
+    with the finished run's at once.
+    """
 
     def __init__(self, out_dir: Path, provenance: dict[str, Any]) -> None:
         self.dir = out_dir
-        self.csv = out_dir / "results.csv"
-        self.json = out_dir / "results.json"
+        self.csv = out_dir / RESULTS_CSV
+        self.json = out_dir / RESULTS_JSON
+        self.partial_csv = out_dir / partial_name(RESULTS_CSV)
+        self.partial_json = out_dir / partial_name(RESULTS_JSON)
         self.provenance = provenance
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def write(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    def _write(self, rows: list[dict[str, Any]], csv: Path, js: Path) -> pd.DataFrame:
         df = to_frame(rows)
-        atomic_write(self.csv, df.to_csv(index=False))
-        atomic_write(self.json, json.dumps(self.provenance, indent=2, default=str) + "\n")
+        atomic_write(csv, df.to_csv(index=False))
+        atomic_write(js, json.dumps(self.provenance, indent=2, default=str) + "\n")
+        return df
+
+    def write(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """Record the rows so far (into the partial files)."""
+        return self._write(rows, self.partial_csv, self.partial_json)
+
+    def finish(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+        """The run finished: replace ``results.csv``/``results.json``, drop the partial files."""
+        df = self._write(rows, self.csv, self.json)
+        for p in (self.partial_csv, self.partial_json):
+            p.unlink(missing_ok=True)
         return df

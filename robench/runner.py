@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from robench import precision, provenance
+from robench import precision, provenance, rundir
 from robench.checks import (
     SANITY_PREFIX,
     Score,
@@ -33,7 +37,7 @@ from robench.errors import ConfigError
 from robench.evaluation import predict
 from robench.outcomes import OutcomeWriter
 from robench.progress import Reporter
-from robench.registry import Registry, get_registry
+from robench.registry import Entry, Registry, get_registry
 from robench.reproducibility import cell_seed, eval_indices, seed_everything
 from robench.results import ResultsWriter
 from robench.scoring import ModelScorer
@@ -53,6 +57,40 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("CUDA was requested but no CUDA device is available", field="device")
     return device
+
+
+def supplier(entry: Entry) -> str:
+    """Who supplied a plugin, for the results' ``*_plugin`` columns: ``"robench-art 0.1.0 (art)"``."""
+    return f"{entry.distribution} {entry.version} ({entry.plugin})"
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGTERM, SIGHUP): handled like Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        self.signal = signal.Signals(signum).name
+        super().__init__(f"stopped by {self.signal}")
+
+
+@contextlib.contextmanager
+def _stop_signals_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM and SIGHUP raise :class:`Interrupted` (as Ctrl-C raises
+    KeyboardInterrupt), so that ``kill`` lets the run record what it finished and its status.
+    Only in the main thread (signal handlers can only be set there)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(signum)
+
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    previous = {s: signal.signal(s, stop) for s in wanted}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 class _Run:
@@ -101,7 +139,8 @@ class _Run:
             "benchmark": bench.name,
             "defense": d.label,
             "train_seed": seed,
-            "defense_plugin": d.entry.name,
+            "defense_name": d.entry.name,
+            "defense_plugin": supplier(d.entry),
             "model": (d.model or bench.model).entry.name,
             "n_examples": len(ev),
             "seconds": 0.0,
@@ -280,7 +319,8 @@ class _Run:
         return base | {
             "kind": "attack",
             "attack": a.label,
-            "attack_plugin": a.entry.name,
+            "attack_name": a.entry.name,
+            "attack_plugin": supplier(a.entry),
             "source": a.source,
             "norm": a.norm,
             "eps": eps,
@@ -300,8 +340,11 @@ def run(
     """Run a benchmark and return its results table (also written under its output folder).
 
     ``config`` is a TOML path, a dict in the same shape, or a validated :class:`Benchmark`.
-    The table is rewritten after every cell, so an interruption loses at most the cell in
-    progress; a cell that fails is recorded (``status = "error"``) and the run goes on.
+    The table is rewritten after every cell into ``results.partial.csv``, so an interruption
+    loses at most the cell in progress, and replaces ``results.csv`` when the run finishes (a
+    run that does not finish leaves the previous results as they were; :mod:`robench.rundir`).
+    A cell that fails is recorded (``status = "error"``) and the run goes on. Ctrl-C, SIGTERM
+    and SIGHUP stop the run with status ``interrupted`` and raise KeyboardInterrupt.
     ``df.attrs`` holds the paths written and the number of failed cells.
     """
     registry = registry or get_registry()
@@ -327,22 +370,32 @@ def run(
     ev = Data(test.x[ev_index], test.y[ev_index])
     sanity = sanity_attacks(bench, registry, info) if bench.evaluation.sanity else []
     prov = provenance.run_record(bench, registry, info, root, dev, len(train), len(ev), sanity)
+    prov |= rundir.owner()
+    kept = rundir.claim(bench.output_dir, "output_dir" if output_dir is None else "--output-dir")
     writer = ResultsWriter(bench.output_dir, prov)
     per_model = 1 + sum(len(a.eps) for a in (*bench.attacks, *sanity))
     n_cells = sum(len(d.seeds) for d in bench.defenses) * per_model
     reporter.start(bench.name, n_cells, str(dev), len(ev))
+    for line in kept:
+        reporter.note(line)
     outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy(), bench.evaluation.cascade)
     state = _Run(bench, registry, dev, info, reporter, writer, outcomes, sanity)
+    writer.write(state.rows)  # the partial provenance (status "running") from the start
     finished = False
+    stopped: BaseException | None = None
     # seed by seed; within a seed, the defenses that transfer attacks craft on come first
     order = sorted(bench.defenses, key=lambda d: d.label not in state.source_labels)
     seeds = list(dict.fromkeys(s for d in bench.defenses for s in d.seeds))
     try:
-        for seed in seeds:
-            for d in order:
-                if seed in d.seeds:
-                    state.defense(d, seed, train, ev)
+        with _stop_signals_interrupt():
+            for seed in seeds:
+                for d in order:
+                    if seed in d.seeds:
+                        state.defense(d, seed, train, ev)
         finished = True
+    except BaseException as exc:
+        stopped = exc
+        raise
     finally:
         failed = sum(r["status"] == "error" for r in state.rows)
         status = "failed cells" if failed else "complete"
@@ -352,7 +405,13 @@ def run(
             "seconds": time.perf_counter() - t0,
             "errors": state.errors,
         }
-        df = writer.write(state.rows)
+        if finished:
+            outcomes.finish()
+            df = writer.finish(state.rows)
+        else:
+            prov["interrupted"] = f"{type(stopped).__name__}: {stopped}".splitlines()[0]
+            df = writer.write(state.rows)
+            reporter.interrupted(str(writer.partial_csv), str(writer.csv), len(state.rows))
     reporter.finished(str(writer.csv), time.perf_counter() - t0, failed)
     df.attrs.update(
         csv=str(writer.csv), json=str(writer.json), outcomes=str(outcomes.path), failed=failed

@@ -394,7 +394,7 @@ def test_end_to_end_run_with_an_art_defense_and_attacks(tmp_path):
     df = robench.run(config, quiet=True)
     assert (df["status"] == "ok").all(), df[df["status"] != "ok"]["error"].tolist()
     assert (df["n_violations"].fillna(0) == 0).all()
-    assert set(df["attack_plugin"].dropna()) >= {"art.ProjectedGradientDescent", "art.DeepFool"}
+    assert set(df["attack_name"].dropna()) >= {"art.ProjectedGradientDescent", "art.DeepFool"}
 
     def acc(defense: str, attack: str, eps: float) -> float:
         row = df[(df["defense"] == defense) & (df["attack"] == attack) & (df["eps"] == eps)]

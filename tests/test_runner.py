@@ -85,6 +85,7 @@ def robench_register_attacks(register):
     register(Interrupting)
     register(Overshooting)
     register(Inverting)
+    register(Terminating)
 
 
 @robench.hookimpl
@@ -129,6 +130,12 @@ def test_results_are_a_tidy_typed_table(tiny_run):
         ("pgd", 0.2),
     }
     assert (attacks["seconds"] > 0).all() and (attacks["n_violations"] == 0).all()
+    # the registered names, and who supplied them: distribution, version and plugin
+    assert set(attacks["attack_name"]) == {"fgsm", "pgd"}
+    version = robench.__version__
+    assert set(attacks["attack_plugin"]) == {f"robench {version} (robench.attacks)"}
+    assert set(df["defense_name"]) == {"standard"}
+    assert set(df["defense_plugin"]) == {f"robench {version} (robench.defenses)"}
     clean_row = df[df["kind"] == "clean"]
     clean, n_clean = clean_row["accuracy"].item(), clean_row["n_correct"].item()
     assert clean > 0.8
@@ -191,6 +198,19 @@ def test_a_failing_cell_is_recorded_and_the_rest_still_runs(tmp_path, registry):
     assert any("kaboom" in e["traceback"] for e in prov["errors"])
 
 
+class Terminating(Attack):
+    """Sends its own process SIGTERM, as `kill` would (a test plugin)."""
+
+    name = "terminating"
+
+    def run(self, model, x, y):
+        import os
+        import signal
+
+        os.kill(os.getpid(), signal.SIGTERM)
+        return x
+
+
 def test_an_interrupted_run_keeps_what_it_computed(tmp_path, registry):
     config = tiny_config(
         tmp_path,
@@ -198,9 +218,80 @@ def test_an_interrupted_run_keeps_what_it_computed(tmp_path, registry):
     )
     with pytest.raises(KeyboardInterrupt):
         robench.run(config, registry=registry, quiet=True)
-    kept = read_results(tmp_path / "out" / "results.csv")
+    out = tmp_path / "out"
+    kept = read_results(out / "results.partial.csv")
     assert list(kept["attack"]) == ["clean", "fgsm"]
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["status"] == "interrupted"
+    prov = json.loads((out / "results.partial.json").read_text())
+    assert prov["status"] == "interrupted" and prov["interrupted"].startswith("KeyboardInterrupt")
+    assert not (out / "results.csv").exists()  # no run of this folder ever finished
+
+
+def test_a_rerun_that_fails_early_leaves_the_finished_results_as_they_were(tmp_path, registry):
+    out = tmp_path / "out"
+    first = robench.run(tiny_config(tmp_path), registry=registry, quiet=True)
+    before = (out / "results.csv").read_bytes(), (out / "outcomes.npz").read_bytes()
+    assert not (out / "results.partial.csv").exists()
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+    rerun = tiny_config(tmp_path, attacks=[{"name": "terminating", "eps": [0.1]}])
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        robench.run(rerun, registry=registry, quiet=True)
+    assert ((out / "results.csv").read_bytes(), (out / "outcomes.npz").read_bytes()) == before
+    assert len(read_results(out / "results.csv")) == len(first)
+    prov = json.loads((out / "results.partial.json").read_text())
+    assert prov["status"] == "interrupted" and "SIGTERM" in prov["interrupted"]
+    assert list(read_results(out / "results.partial.csv")["attack"]) == ["clean"]
+
+    # the next run keeps that unfinished run's files beside its own, then replaces results.csv
+    again = robench.run(tiny_config(tmp_path), registry=registry, quiet=True)
+    pd.testing.assert_frame_equal(
+        again.drop(columns=["seconds", "train_seconds"]),
+        first.drop(columns=["seconds", "train_seconds"]),
+    )
+    (interrupted,) = out.glob("results.interrupted-*.csv")
+    assert list(read_results(interrupted)["attack"]) == ["clean"]
+    assert len(list(out.glob("results.interrupted-*.json"))) == 1
+    assert not list(out.glob("*.partial.*"))
+
+
+def _fake_partial(out, pid: int) -> None:
+    out.mkdir(parents=True)
+    (out / "results.partial.csv").write_text("benchmark,defense\n")
+    prov = {"status": "running", "started": "2026-01-02T03:04:05+00:00", "pid": pid}
+    import socket
+
+    prov["host"] = socket.gethostname()
+    (out / "results.partial.json").write_text(json.dumps(prov))
+
+
+def test_a_killed_run_is_recorded_as_interrupted_and_kept(tmp_path, registry):
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _fake_partial(tmp_path / "out", dead.pid)  # a run killed with SIGKILL: still "running"
+    robench.run(tiny_config(tmp_path), registry=registry, quiet=True)
+    kept = tmp_path / "out" / "results.interrupted-2026-01-02T030405Z.json"
+    prov = json.loads(kept.read_text())
+    assert prov["status"] == "interrupted" and "ended without finishing" in prov["interrupted"]
+    assert (tmp_path / "out" / "results.interrupted-2026-01-02T030405Z.csv").exists()
+
+
+def test_a_folder_in_use_by_a_live_run_is_refused(tmp_path, registry):
+    import subprocess
+    import sys
+
+    from robench.errors import ConfigError
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _fake_partial(tmp_path / "out", live.pid)
+        with pytest.raises(ConfigError, match=r"output_dir: .* in use by a robench run"):
+            robench.run(tiny_config(tmp_path), registry=registry, quiet=True)
+    finally:
+        live.kill()
+        live.wait()
+    assert (tmp_path / "out" / "results.partial.csv").exists()  # untouched
 
 
 def test_device_option_is_checked(tmp_path):
@@ -325,3 +416,14 @@ def test_an_unknown_transfer_source_is_a_config_error(tmp_path):
     config = tiny_config(tmp_path, attacks=[{"name": "fgsm", "eps": 0.1, "source": "standrd"}])
     with pytest.raises(ConfigError, match=r"attacks\[0\]\.source: .*'standrd'.*did you mean"):
         load_benchmark(config)
+
+
+def test_results_from_before_the_name_columns_still_read():
+    from pathlib import Path
+
+    old = Path(__file__).resolve().parents[1] / "results" / "mnist-nsl-results.csv"
+    df = read_results(old)
+    assert list(df.columns) == list(COLUMNS)
+    attacks = df[df["kind"] == "attack"]
+    assert "fgsm" in set(attacks["attack_name"]) and set(attacks["attack_plugin"]) == {""}
+    assert "standard" in set(df["defense_name"])
