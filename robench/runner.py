@@ -60,7 +60,7 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def supplier(entry: Entry) -> str:
-    """Who supplied a plugin, for the results' ``*_plugin`` columns: ``"robench-art 0.1.0 (art)"``."""
+    """Who supplied a plugin (the ``*_plugin`` columns): ``"robench-art 0.1.0 (art)"``."""
     return f"{entry.distribution} {entry.version} ({entry.plugin})"
 
 
