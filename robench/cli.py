@@ -12,16 +12,61 @@ EXIT_FAILED_CELLS = 1
 EXIT_CONFIG = 2
 
 
+def _debug() -> bool:
+    """Whether ``robench --debug`` was given."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
 def _config_error(exc: Exception) -> click.ClickException:
+    """The one-line error (exit 2) for ``exc``; with --debug its traceback is printed first."""
+    if _debug():
+        import traceback
+
+        click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
     err = click.ClickException(str(exc))
     err.exit_code = EXIT_CONFIG
     return err
 
 
+def _report_failures(registry, label: str, mentioned: str = "") -> None:
+    """Each plugin that failed to load as one line on stderr (with --debug: its traceback
+    first). Failures already named in ``mentioned`` (an error line) get only the traceback."""
+    debug = _debug()
+    hint = "" if debug else "; --debug shows the traceback"
+    for f in registry.failures:
+        if debug:
+            click.echo(f.traceback.rstrip(), err=True)
+        if f.source not in mentioned:
+            click.echo(f"{label}: {f.message} ({f.hint}{hint})", err=True)
+
+
+def _registry_or_exit(for_benchmarks: bool = False):
+    """The registry of this process (for ``run``/``validate``: the one
+    :func:`robench.config.load_benchmark` resolves names in, looked up there at call time)."""
+    from robench import config, registry
+    from robench.errors import PluginError
+
+    try:
+        return config.get_registry() if for_benchmarks else registry.get_registry()
+    except PluginError as exc:  # not raised for plugin failures; kept for safety
+        raise _config_error(exc) from None
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="robench")
-def main() -> None:
-    """robench: benchmark adversarial attacks and defenses on image classifiers."""
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show full tracebacks: of plugins that failed to load and of errors otherwise "
+    "reported in one line.",
+)
+def main(debug: bool) -> None:
+    """robench: benchmark adversarial attacks and defenses on image classifiers.
+
+    A plugin that fails to load is reported in one line and left out; the others work
+    (ROBENCH_BLOCK_PLUGINS=name skips a plugin, ROBENCH_DISABLE_PLUGINS=1 all installed ones).
+    """
 
 
 _data_root = click.option(
@@ -49,17 +94,39 @@ def run(
     """Train every defense of BENCHMARK (a TOML file) and score it against every attack.
 
     Exit status: 0 all cells succeeded, 1 some cell failed (recorded in its row),
-    2 invalid benchmark.
+    2 invalid benchmark, 128 + N stopped by signal N (130: Ctrl-C, 143: SIGTERM).
     """
+    from robench.config import load_benchmark
     from robench.errors import ConfigError, PluginError
     from robench.runner import run as run_benchmark
 
+    registry = _registry_or_exit(for_benchmarks=True)
+    try:
+        # validated first, so that a plugin failure the benchmark depends on is one line
+        bench = load_benchmark(
+            benchmark, registry=registry, output_dir=output_dir, check_data=False
+        )
+    except (ConfigError, PluginError) as exc:
+        _report_failures(registry, "Warning", mentioned=str(exc))
+        raise _config_error(exc) from None
+    _report_failures(registry, "Warning")
     try:
         df = run_benchmark(
-            benchmark, device=device, data_root=data_root, output_dir=output_dir, quiet=quiet
+            bench, device=device, data_root=data_root, registry=registry, quiet=quiet
         )
     except (ConfigError, PluginError) as exc:
         raise _config_error(exc) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM/SIGHUP (robench.runner.Interrupted)
+        import signal
+
+        name = getattr(exc, "signal", "SIGINT")
+        partial = bench.output_dir / "results.partial.csv"
+        click.echo(
+            f"Error: stopped by {name}: the finished cells are in {partial}; "
+            "results.csv keeps the last finished run",
+            err=True,
+        )
+        sys.exit(128 + signal.Signals[name].value)
     _print_table(df)
     if df.attrs.get("failed"):
         click.echo(f"{df.attrs['failed']} cell(s) failed; see the 'error' column.", err=True)
@@ -80,10 +147,13 @@ def validate(benchmark: Path, data_root: Path | None) -> None:
     from robench.config import load_benchmark
     from robench.errors import ConfigError, PluginError
 
+    registry = _registry_or_exit(for_benchmarks=True)
     try:
-        bench = load_benchmark(benchmark, data_root=data_root)
+        bench = load_benchmark(benchmark, registry=registry, data_root=data_root)
     except (ConfigError, PluginError) as exc:
+        _report_failures(registry, "Warning", mentioned=str(exc))
         raise _config_error(exc) from None
+    _report_failures(registry, "Warning")
     cells = sum(len(a.eps) for a in bench.attacks)
     models = sum(len(d.seeds) for d in bench.defenses)
     trained = f" ({models} trained models with their seeds)" if models > len(bench.defenses) else ""
@@ -126,20 +196,17 @@ def _param_docs(cls) -> list[dict[str, object]]:
 def list_(patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str | None) -> None:
     """List every registered attack, defense, model and dataset, and who supplied it.
 
-    PATTERNS (names or shell-style patterns such as 'art.*') narrow the list.
+    PATTERNS (names or shell-style patterns such as 'art.*') narrow the list. A plugin that
+    failed to load is reported on stderr, one line each, and the exit status is 2.
     """
     import fnmatch
 
-    from robench.errors import PluginError
-    from robench.registry import get_registry
-
-    try:
-        entries = get_registry().entries(kind)  # type: ignore[arg-type]
-    except PluginError as exc:
-        raise _config_error(exc) from None
+    registry = _registry_or_exit()
+    entries = registry.entries(kind)  # type: ignore[arg-type]
     if patterns:
         entries = [e for e in entries if any(fnmatch.fnmatchcase(e.name, p) for p in patterns)]
         if not entries:
+            _report_failures(registry, "Error")
             raise click.UsageError(f"nothing registered matches {' '.join(patterns)}")
     if as_json:
         rows = [
@@ -155,20 +222,55 @@ def list_(patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str
             for e in entries
         ]
         click.echo(json.dumps(rows, indent=2, default=str))
-        return
-    current = None
-    width = max(20, *(len(e.name) for e in entries))
+    else:
+        for line in _list_lines(entries, with_params, _terminal_width()):
+            click.echo(line)
+    if registry.failures:
+        _report_failures(registry, "Error")
+        sys.exit(EXIT_CONFIG)
+
+
+def _terminal_width() -> int:
+    """The terminal's width (100 when unknown; at least 60)."""
+    import shutil
+
+    return max(60, shutil.get_terminal_size(fallback=(100, 24)).columns)
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, ending in '…' when cut."""
+    return text if len(text) <= width else text[: max(0, width - 1)].rstrip() + "…"
+
+
+def _list_lines(entries, with_params: bool, width: int) -> list[str]:
+    """Entries grouped by kind, then by the plugin that supplied them (its distribution and
+    version shown once, in the group's heading): ``name  description``, each line cut to
+    ``width``. Built-ins first, then the other plugins by distribution name."""
+    lines: list[str] = []
+    by_kind: dict[str, list] = {}
     for e in entries:
-        if e.kind != current:
-            current = e.kind
-            click.echo(f"{e.kind}s:")
-        click.echo(
-            f"  {e.name:<{width}} {e.distribution} {e.version} ({e.plugin})  {e.description}"
-        )
-        if with_params:
-            for p in _param_docs(e.cls):
-                default = "required" if p["required"] else f"default {p['default']!r}"
-                click.echo(f"      {p['name']}: {p['type']}, {default}  {p['description']}")
+        by_kind.setdefault(e.kind, []).append(e)
+    for kind, kind_entries in by_kind.items():
+        lines.append(f"{kind}s:")
+        groups: dict[tuple[str, str, str], list] = {}
+        for e in kind_entries:
+            groups.setdefault((e.distribution, e.version, e.plugin), []).append(e)
+        order = sorted(groups, key=lambda g: (g[0] != "robench", g[0].lower(), g[2]))
+        for dist, version, plugin in order:
+            group = groups[(dist, version, plugin)]
+            lines.append(_fit(f"  {dist} {version} ({plugin}):", width))
+            column = min(max(len(e.name) for e in group), max(16, width // 3))
+            for e in group:
+                head = f"    {e.name:<{column}}  "
+                lines.append(
+                    _fit(head + e.description, width).rstrip() if e.description else head.rstrip()
+                )
+                if with_params:
+                    for p in _param_docs(e.cls):
+                        default = "required" if p["required"] else f"default {p['default']!r}"
+                        text = f"        {p['name']}: {p['type']}, {default}  {p['description']}"
+                        lines.append(_fit(text.rstrip(), width))
+    return lines
 
 
 @main.command()
@@ -205,3 +307,7 @@ def leaderboard(
         else:
             board.to_csv(output, index=False)
         click.echo(f"wrote {output}", err=True)
+
+
+if __name__ == "__main__":  # python -m robench.cli
+    main()

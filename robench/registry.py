@@ -6,7 +6,11 @@ from a broken plugin:
 
 - ``ROBENCH_DISABLE_PLUGINS=1``: load no installed plugin, only the built-ins;
 - ``ROBENCH_PLUGINS=a,b``: load only these entry points;
-- ``ROBENCH_BLOCK_PLUGINS=a,b``: load every entry point except these.
+- ``ROBENCH_BLOCK_PLUGINS=a,b``: load every entry point except these (a built-in module's
+  name, e.g. ``robench.attacks``, blocks that built-in).
+
+A plugin that fails (import error, exception in a hook, unknown hook, invalid or duplicate
+registration) does not stop the others: it is recorded in :attr:`Registry.failures`.
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import importlib.metadata
 import os
 import re
+import traceback
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -65,10 +71,12 @@ class Entry:
 class Registry:
     """The registered plugins, by kind and name. Build it with :func:`get_registry`."""
 
-    def __init__(self, entries: Iterable[Entry]) -> None:
+    def __init__(self, entries: Iterable[Entry], failures: Iterable[PluginFailure] = ()) -> None:
         self._by_kind: dict[Kind, dict[str, Entry]] = {k: {} for k in KINDS}
         for e in entries:
             self._by_kind[e.kind][e.name] = e
+        #: the plugins that failed to load and contribute nothing, in loading order
+        self.failures: list[PluginFailure] = list(failures)
 
     def names(self, kind: Kind) -> list[str]:
         return sorted(self._by_kind[kind])
@@ -78,11 +86,17 @@ class Registry:
         return [self._by_kind[k][n] for k in kinds for n in sorted(self._by_kind[k])]
 
     def get(self, kind: Kind, name: str) -> Entry:
-        """The entry for ``name``; a :class:`ConfigError` with a did-you-mean if unknown."""
+        """The entry for ``name``; a :class:`ConfigError` with a did-you-mean if unknown, naming
+        the plugins that failed to load (any of them might have provided it)."""
         try:
             return self._by_kind[kind][name]
         except KeyError:
-            raise ConfigError(unknown_name_message(kind, name, self.names(kind))) from None
+            message = unknown_name_message(kind, name, self.names(kind))
+            for f in self.failures:
+                message += (
+                    f"; {f.source} failed to load and might have provided it: {f.reason} ({f.hint})"
+                )
+            raise ConfigError(message) from None
 
     def __contains__(self, item: tuple[Kind, str]) -> bool:
         kind, name = item
@@ -101,92 +115,219 @@ def unknown_name_message(kind: str, name: object, known: list[str]) -> str:
     return f"unknown {kind} {name!r}{did_you_mean(name, known)} (known: {listing})"
 
 
-def _plugin_manager(entry_points: bool, plugins: Iterable[object]) -> pluggy.PluginManager:
-    pm = pluggy.PluginManager("robench")
-    pm.add_hookspecs(hookspecs)
-    for modname in BUILTINS:
-        pm.register(importlib.import_module(modname), name=modname)
-    for plugin in plugins:
-        pm.register(plugin)
-    if entry_points and os.environ.get("ROBENCH_DISABLE_PLUGINS", "") not in ("1", "true"):
-        blocked = _env_list("ROBENCH_BLOCK_PLUGINS")
-        for name in blocked:
-            pm.set_blocked(name)
-        allowed = _env_list("ROBENCH_PLUGINS")
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or registered; it contributes no entries at all.
+
+    ``message`` is one line naming the plugin, its distribution and version and what went
+    wrong (``reason``: the exception's type and the first line of its message);
+    ``traceback`` is the full traceback text (``robench --debug`` shows it).
+    """
+
+    plugin: str
+    distribution: str
+    version: str
+    message: str
+    traceback: str
+    reason: str = ""
+    builtin: bool = False
+
+    @property
+    def source(self) -> str:
+        """``plugin 'art' (robench-art 0.1.0)``."""
+        return _describe(self.plugin, self.distribution, self.version)
+
+    @property
+    def hint(self) -> str:
+        return f"skip it with ROBENCH_BLOCK_PLUGINS={self.plugin}"
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})"
+
+
+_UNKNOWN_DIST = "(unknown)"
+
+
+def _describe(plugin: str, dist: str, version: str) -> str:
+    if dist == _UNKNOWN_DIST:
+        return f"plugin {plugin!r}"
+    return f"plugin {plugin!r} ({dist} {version})".replace(" )", ")")
+
+
+def _reason(exc: BaseException) -> str:
+    """``Type: first line of the message`` (robench's own plugin errors without the type)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    text = lines[0] if lines else ""
+    if isinstance(exc, pluggy.PluginValidationError):  # a bad hook signature: several lines
+        return "bad hook signature: " + "; ".join(lines[1:] or lines)
+    if isinstance(exc, PluginError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+@dataclass
+class _Loaded:
+    """A plugin object registered with the plugin manager, and where it came from."""
+
+    obj: object
+    name: str
+    distribution: str
+    version: str
+    builtin: bool
+
+
+class _Loader:
+    """Loads plugins one by one; a plugin that fails becomes a :class:`PluginFailure`."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("robench")
+        self.pm.add_hookspecs(hookspecs)
+        self.loaded: list[_Loaded] = []
+        self.failures: list[PluginFailure] = []
+
+    def fail(self, name: str, dist: str, version: str, exc: BaseException, builtin: bool):
+        reason = _reason(exc)
+        if builtin:
+            reason += " (a bug in robench: please report it)"
+        message = f"{_describe(name, dist, version)} failed to load: {reason}"
+        tb = "".join(traceback.format_exception(exc))
+        self.failures.append(PluginFailure(name, dist, version, message, tb, reason, builtin))
+
+    def add(self, load, name: str | None, dist: str, version: str, builtin: bool = False):
+        """Import (``load()``) and register one plugin; record a failure instead of raising."""
+        shown = name or "?"
         try:
-            if allowed:
-                for name in allowed:
-                    pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP, name=name)
-            else:
-                pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        except Exception as exc:  # an entry point that fails to import
-            raise PluginError(
-                f"a robench plugin failed to load: {type(exc).__name__}: {exc} "
-                "(set ROBENCH_BLOCK_PLUGINS=<name> or ROBENCH_DISABLE_PLUGINS=1 to skip it)"
-            ) from exc
-    try:
-        pm.check_pending()
-    except pluggy.PluginValidationError as exc:
-        raise PluginError(
-            f"plugin {exc.plugin!r} implements an unknown hook: {exc} "
-            f"(known hooks: {', '.join(sorted(_HOOKS.values()))})"
-        ) from exc
-    return pm
+            obj = load()
+            shown = name or getattr(obj, "__name__", None) or repr(obj)
+            registered = self.pm.register(obj, name=name)
+            if registered is None:  # None, or a blocked name
+                return
+            shown = registered
+            self._check_known_hooks(obj)
+        except Exception as exc:
+            self.fail(shown, dist, version, exc, builtin)
+            return
+        self.loaded.append(_Loaded(obj, registered, dist, version, builtin))
+
+    def _check_known_hooks(self, obj: object) -> None:
+        for caller in self.pm.get_hookcallers(obj) or []:
+            mine = [i for i in caller.get_hookimpls() if i.plugin is obj]
+            if not caller.has_spec() and not all(i.optionalhook for i in mine):
+                self.pm.unregister(obj)
+                known = sorted(_HOOKS.values())
+                raise PluginError(
+                    f"unknown hook {caller.name!r}{did_you_mean(caller.name, known)} "
+                    f"(known hooks: {', '.join(known)})"
+                )
+
+    def entry_points(self) -> None:
+        """The installed plugins of the ``robench`` entry-point group, each on its own."""
+        if os.environ.get("ROBENCH_DISABLE_PLUGINS", "").strip().lower() in ("1", "true", "yes"):
+            return
+        blocked = set(_env_list("ROBENCH_BLOCK_PLUGINS"))
+        allowed = set(_env_list("ROBENCH_PLUGINS"))
+        seen: dict[str, str] = {}
+        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name in blocked or (allowed and ep.name not in allowed):
+                continue
+            dist, version = _UNKNOWN_DIST, ""
+            if ep.dist is not None:
+                dist = ep.dist.metadata["Name"] or ep.dist.name
+                version = ep.dist.version
+            if ep.name in seen:
+                if seen[ep.name] != dist:
+                    exc = PluginError(
+                        f"entry point name {ep.name!r} is already used by distribution "
+                        f"{seen[ep.name]}"
+                    )
+                    self.fail(ep.name, dist, version, exc, builtin=False)
+                continue
+            seen[ep.name] = dist
+            self.add(ep.load, ep.name, dist, version)
+
+    def collect(self) -> Registry:
+        """Call each plugin's registration hooks; a plugin whose hooks raise, or that
+        registers anything invalid, is a failure and contributes nothing."""
+        bases = {}
+        for kind, (module, attr) in _BASES.items():
+            bases[kind] = getattr(importlib.import_module(module), attr)
+        entries: dict[tuple[Kind, str], Entry] = {}
+        for p in self.loaded:
+            staged: dict[tuple[Kind, str], Entry] = {}
+            try:
+                self._call_hooks(p, bases, entries, staged)
+            except Exception as exc:
+                self.fail(p.name, p.distribution, p.version, exc, p.builtin)
+                continue
+            entries.update(staged)
+        return Registry(entries.values(), self.failures)
+
+    def _call_hooks(self, p: _Loaded, bases: dict, entries: dict, staged: dict) -> None:
+        """Call ``p``'s registration hooks, collecting what it registers into ``staged``."""
+        open_ = True  # a plugin that keeps ``register`` and calls it later gets an error
+        try:
+            for kind, hook_name in _HOOKS.items():
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin is not p.obj:
+                        continue
+
+                    def register(cls: Any, *, _kind: Kind = kind) -> None:
+                        if not open_:
+                            raise PluginError(
+                                f"{_describe(p.name, p.distribution, p.version)} called "
+                                "register after its hook returned"
+                            )
+                        _add(entries, staged, _kind, bases[_kind], cls, p)
+
+                    impl.function(**{arg: register for arg in impl.argnames})
+        finally:
+            open_ = False
 
 
 def _env_list(var: str) -> list[str]:
     return [s.strip() for s in os.environ.get(var, "").split(",") if s.strip()]
 
 
-def _distributions(pm: pluggy.PluginManager) -> dict[int, tuple[str, str]]:
-    found = {id(pm.get_plugin(m)): ("robench", robench.__version__) for m in BUILTINS}
-    for plugin, dist in pm.list_plugin_distinfo():
-        found[id(plugin)] = (dist.metadata["name"], dist.version)
-    return found
-
-
-def collect(pm: pluggy.PluginManager) -> Registry:
-    """Call every registration hook and build the registry, refusing duplicates."""
-    dists = _distributions(pm)
-    entries: dict[tuple[Kind, str], Entry] = {}
-    for kind, hook_name in _HOOKS.items():
-        module, attr = _BASES[kind]
-        base = getattr(importlib.import_module(module), attr)
-        for impl in getattr(pm.hook, hook_name).get_hookimpls():
-            dist, version = dists.get(id(impl.plugin), ("(unknown)", ""))
-
-            def register(cls: Any, *, _impl=impl, _kind=kind, _base=base, _d=(dist, version)):
-                _add(entries, _kind, _base, cls, _impl.plugin_name, *_d)
-
-            impl.function(**{arg: register for arg in impl.argnames})
-    return Registry(entries.values())
-
-
-def _add(entries, kind: Kind, base: type, cls: Any, plugin: str, dist: str, version: str) -> None:
-    where = f"plugin {plugin!r} ({dist} {version})".rstrip()
+def _add(entries, staged, kind: Kind, base: type, cls: Any, p: _Loaded) -> None:
     if not (isinstance(cls, type) and issubclass(cls, base)):
-        raise PluginError(f"{where} registered {cls!r} as a {kind}, but it is no {base.__name__}")
+        raise PluginError(f"it registered {cls!r} as a {kind}, but that is no {base.__name__}")
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not _NAME.match(name):
         raise PluginError(
-            f"{where} registered {cls.__name__} without a valid name (got {name!r}; expected "
+            f"it registered {cls.__name__} without a valid name (got {name!r}; expected "
             "letters, digits, '.', '_' or '-', starting with a letter)"
         )
     key = (kind, name)
+    if key in staged:
+        raise PluginError(f"it registered the {kind} name {name!r} twice")
     if key in entries:
         first = entries[key]
         raise PluginError(
-            f"duplicate {kind} name {name!r}: registered by plugin {first.plugin!r} "
-            f"({first.distribution} {first.version}) and by {where}"
+            f"duplicate {kind} name {name!r}: already registered by "
+            f"{_describe(first.plugin, first.distribution, first.version)}"
         )
-    entries[key] = Entry(kind, name, cls, plugin, dist, version)
+    staged[key] = Entry(kind, name, cls, p.name, p.distribution, p.version)
 
 
 def build_registry(*, entry_points: bool = True, plugins: Iterable[object] = ()) -> Registry:
     """Build a fresh registry: the built-ins, installed plugins (unless ``entry_points`` is
     False) and ``plugins`` (modules or objects with hook implementations, e.g. in a notebook).
+
+    Never raises for a broken plugin: a plugin that fails to import, implements an unknown
+    hook, raises in a hook or registers something invalid (including a name already taken: the
+    first registration wins) is left out entirely and listed in ``registry.failures``.
     """
-    return collect(_plugin_manager(entry_points, plugins))
+    loader = _Loader()
+    blocked = set(_env_list("ROBENCH_BLOCK_PLUGINS"))
+    for modname in BUILTINS:
+        if modname not in blocked:
+            load = functools.partial(importlib.import_module, modname)
+            loader.add(load, modname, "robench", robench.__version__, builtin=True)
+    for plugin in plugins:
+        loader.add(lambda plugin=plugin: plugin, None, _UNKNOWN_DIST, "")
+    if entry_points:
+        loader.entry_points()
+    return loader.collect()
 
 
 @functools.cache

@@ -128,8 +128,11 @@ def test_defenses_are_registered_and_exclusions_have_reasons():
 def test_robench_list_attributes_art_attacks_to_robench_art():
     result = CliRunner().invoke(main, ["list", "--kind", "attack"])
     assert result.exit_code == 0
-    line = next(x for x in result.output.splitlines() if "art.ProjectedGradientDescent " in x)
-    assert "robench-art 0.1.0 (art)" in line and "(L∞/L2, fixed ε)" in line
+    lines = result.output.splitlines()
+    i = next(i for i, x in enumerate(lines) if x.split()[:1] == ["art.ProjectedGradientDescent"])
+    assert "(L∞/L2, fixed ε)" in lines[i]
+    heading = next(x for x in reversed(lines[:i]) if not x.startswith("    "))
+    assert heading == "  robench-art 0.1.0 (art):"
 
 
 def test_importing_the_plugin_does_not_import_art():

@@ -55,7 +55,7 @@ def test_list_plain_and_json():
 def test_list_narrows_to_names_and_patterns():
     result = CliRunner().invoke(main, ["list", "pgd", "fgs*"])
     assert result.exit_code == 0
-    names = [line.split()[0] for line in result.output.splitlines() if line.startswith("  ")]
+    names = [line.split()[0] for line in result.output.splitlines() if line.startswith("    ")]
     assert names == ["fgsm", "pgd"]
     missing = CliRunner().invoke(main, ["list", "no-such-attack"])
     assert missing.exit_code == 2 and "nothing registered matches no-such-attack" in missing.output
@@ -133,3 +133,48 @@ def test_validate_run_and_leaderboard(tmp_path):
     assert result.exit_code == 2 and "no worst-case results at linf 0.3" in result.output
     result = CliRunner().invoke(main, ["leaderboard", str(tmp_path)])
     assert result.exit_code == 2 and "no results.csv" in result.output
+
+
+@pytest.mark.slow
+def test_kill_stops_a_run_with_its_finished_cells_and_status_interrupted(tmp_path):
+    """`kill` (SIGTERM) on `robench run`: exit 143, one line, the cells finished so far in
+    results.partial.csv and its provenance's status "interrupted"."""
+    import signal
+    import time
+
+    bench = tmp_path / "bench.toml"
+    bench.write_text(
+        'name = "long"\noutput_dir = "out"\n[dataset]\nname = "digits"\n[model]\n'
+        'name = "small-cnn"\n[training]\nepochs = 1\n[evaluation]\nn_examples = 64\n'
+        + "".join(f'[[defenses]]\nname = "standard"\nlabel = "s{i}"\n' for i in range(50))
+        + '[[attacks]]\nname = "pgd"\neps = [0.1]\nsteps = 50\n'
+    )
+    out = tmp_path / "out"
+    code = "from robench.cli import main; main()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "run", str(bench), "-q"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            partial = out / "results.partial.csv"
+            if partial.exists() and partial.read_text().count("\n") > 3:
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+    (line,) = [x for x in stderr.splitlines() if x.startswith("Error:")]
+    assert line.startswith("Error: stopped by SIGTERM: the finished cells are in ")
+    prov = json.loads((out / "results.partial.json").read_text())
+    assert prov["status"] == "interrupted" and "SIGTERM" in prov["interrupted"]
+    rows = pd.read_csv(out / "results.partial.csv")
+    assert len(rows) >= 3 and (rows["status"] == "ok").all()
+    assert not (out / "results.csv").exists()
