@@ -166,7 +166,7 @@ def test_kill_stops_a_run_with_its_finished_cells_and_status_interrupted(tmp_pat
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(signal.SIGTERM)
-        stdout, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, stderr
