@@ -71,20 +71,20 @@ def main(debug: bool) -> None:
 
 _data_root = click.option(
     "--data-root",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     envvar="ROBENCH_DATA",
     help="Folder holding the datasets (env ROBENCH_DATA; default ~/.cache/robench/data).",
 )
 
 
 @main.command()
-@click.argument("benchmark", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("benchmark", type=click.Path(path_type=Path))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @_data_root
 @click.option(
     "--output-dir",
     "-o",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     help="Where results.csv and results.json go (default: the file's output_dir).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
@@ -140,7 +140,7 @@ def _print_table(df) -> None:
 
 
 @main.command()
-@click.argument("benchmark", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("benchmark", type=click.Path(path_type=Path))
 @_data_root
 def validate(benchmark: Path, data_root: Path | None) -> None:
     """Check BENCHMARK completely without training anything."""

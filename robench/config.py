@@ -46,12 +46,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from robench.checks import SANITY_PREFIX
+from robench.dataset import unwritable_dir
 from robench.errors import ConfigError
 from robench.plugin import Params
 from robench.registry import Entry, Registry, get_registry, unknown_name_message
 from robench.schema import BenchmarkFile, EvaluationConfig
 from robench.training import TrainingConfig
-from robench.validation import Validator, check_unique, raise_one_line
+from robench.validation import (
+    Validator,
+    check_no_bool_numbers,
+    check_numbers,
+    check_unique,
+    raise_one_line,
+)
 
 __all__ = [
     "AttackUse",
@@ -64,6 +72,9 @@ __all__ = [
     "load_benchmark",
     "read_toml",
 ]
+
+#: the ``attack`` of robench's own rows, which no attack's label may take
+_RESERVED_LABELS = ("clean", "worst-case")
 
 
 @dataclass(frozen=True)
@@ -153,11 +164,26 @@ class Benchmark:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    """The benchmark file's tables; every way it cannot be read is a one-line ConfigError."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
+        data = Path(path).read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"benchmark file not found: {path}") from None
+    except IsADirectoryError:
+        msg = "not a TOML file but a directory; give the benchmark's .toml file"
+        raise ConfigError(msg, source=str(path)) from None
+    except OSError as exc:
+        msg = f"cannot read the benchmark file: {exc.strerror or exc}"
+        raise ConfigError(msg, source=str(path)) from None
+    if b"\0" in data:
+        raise ConfigError("not a TOML file (binary data: it holds NUL bytes)", source=str(path))
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        msg = f"not a TOML file (not UTF-8 text: {exc.reason} at byte {exc.start})"
+        raise ConfigError(msg, source=str(path)) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", source=str(path)) from None
 
@@ -184,10 +210,22 @@ def load_benchmark(
         path = Path(config)
         raw, source = read_toml(path), str(path)
         base_dir = path.resolve().parent
+    # inf and nan first (as they are, not as a bound they miss); integers too large after the
+    # schema, whose seeds say what range they take
+    check_numbers(raw, source, ints=False)
     try:
         f = BenchmarkFile.model_validate(raw)
     except ValidationError as exc:
         raise_one_line(exc, "", source, "a benchmark file", list(BenchmarkFile.model_fields))
+    check_numbers(raw, source)
+    check_no_bool_numbers(raw, f, "", source)
+    for table in ("defenses", "attacks"):
+        if not getattr(f, table):
+            raise ConfigError(
+                f"a benchmark needs at least one [[{table}]] table (none given)",
+                field=table,
+                source=source,
+            )
     v = Validator(registry, source, base_dir)
 
     dataset_entry = v.entry("dataset", f.dataset.name, "dataset")
@@ -236,13 +274,26 @@ def load_benchmark(
             )
         )
     check_unique([a.label for a in attacks], "attacks", source)
+    for i, a in enumerate(attacks):
+        if a.label in _RESERVED_LABELS or a.label.startswith(SANITY_PREFIX):
+            raise ConfigError(
+                f"label {a.label!r} is reserved for robench's own rows (clean, worst-case, "
+                f"{SANITY_PREFIX}…); give the attack another label",
+                field=f"attacks[{i}].label",
+                source=source,
+            )
 
     if output_dir is not None:
-        out = Path(output_dir)
+        out, out_field = Path(output_dir).expanduser(), "--output-dir"
     elif f.output_dir is not None:
-        out = (base_dir / f.output_dir).resolve()
+        out, out_field = (base_dir / Path(f.output_dir).expanduser()).resolve(), "output_dir"
     else:
-        out = Path.cwd() / "results" / f.name
+        out, out_field = Path.cwd() / "results" / f.name, "output_dir"
+    problem = unwritable_dir(out)
+    if problem is not None:
+        raise ConfigError(
+            f"cannot write the results to {out}: {problem}", field=out_field, source=source
+        )
 
     bench = Benchmark(
         name=f.name,
@@ -259,7 +310,7 @@ def load_benchmark(
         raw=raw,
     )
     if check_data:
-        check_data_and_model(bench, data_root or default_data_root(), source)
+        check_data_and_model(bench, data_root or default_data_root(), source, prepare=False)
     return bench
 
 
@@ -283,14 +334,31 @@ def _check_source(label: str, defenses: list[DefenseUse], where: str, source: st
             )
 
 
-def check_data_and_model(bench: Benchmark, root: Path, source: str | None = None):
-    """Check that the dataset can be read and the model accepts it; return the DatasetInfo."""
+def check_data_and_model(
+    bench: Benchmark, root: Path, source: str | None = None, *, prepare: bool = True
+):
+    """Check that the dataset can be read and the model accepts it; return the DatasetInfo.
+
+    With ``prepare`` (what ``robench run`` does) the dataset first fetches what it needs
+    (:meth:`~robench.dataset.Dataset.prepare`: a download); ``robench validate`` checks only.
+    """
     ds = bench.dataset.instantiate()
     try:
         ds.check(root)
+        if prepare:
+            ds.prepare(root)
         info = ds.info(root)
     except ConfigError as exc:
         raise ConfigError(exc.detail, field=exc.field or "dataset", source=source) from None
+    n = bench.evaluation.n_examples
+    explicit = "n_examples" in bench.evaluation.model_fields_set
+    if explicit and n is not None and info.test_size is not None and n > info.test_size:
+        raise ConfigError(
+            f"{n} but dataset {bench.dataset.entry.name!r} has {info.test_size} test examples; "
+            f"leave it unset or ≤ {info.test_size}",
+            field="evaluation.n_examples",
+            source=source,
+        )
     uses = [("model", bench.model)] + [
         (f"defenses[{i}].model", d.model) for i, d in enumerate(bench.defenses) if d.model
     ]

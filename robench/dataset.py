@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,9 @@ class DatasetInfo:
     bounds: tuple[float, float] = (0.0, 1.0)
     #: provenance of the data actually read (recorded with every result)
     note: str = ""
+    #: the number of test examples, where known without loading the split (None: unknown);
+    #: a benchmark's explicit ``[evaluation] n_examples`` is checked against it
+    test_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,29 @@ class Dataset(Plugin):
     def check(self, root: Path) -> None:
         """Raise :class:`~robench.errors.ConfigError` if the data cannot be read from ``root``.
 
-        Called while a benchmark is validated, before anything trains. The default calls
-        :meth:`info`.
+        Called while a benchmark is validated, before anything trains, and without downloading
+        anything. The default calls :meth:`info`.
         """
         self.info(root)
+
+    def prepare(self, root: Path) -> None:
+        """Fetch what :meth:`load` needs (e.g. download the files) under ``root``; raise
+        :class:`~robench.errors.ConfigError` if that fails. Called by ``robench run`` after
+        :meth:`check`, before loading. The default does nothing."""
+
+
+def unwritable_dir(path: Path) -> str | None:
+    """Why a folder cannot be made or written at ``path`` (None if it can): ``path`` is a
+    writable directory, or the nearest of its ancestors that exists is one (checked without
+    creating anything)."""
+    path = Path(path).expanduser().absolute()
+    probe = path
+    while not probe.exists():
+        if probe.is_symlink():
+            return f"{probe} is a broken symbolic link"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is not a directory" if probe == path else f"{probe} is a file"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None

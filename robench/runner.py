@@ -357,21 +357,28 @@ def run(
         bench = load_benchmark(
             config, registry=registry, data_root=root, output_dir=output_dir, check_data=False
         )
-    info = check_data_and_model(bench, root, str(bench.source) if bench.source else None)
+    src = str(bench.source) if bench.source else None
+    info = check_data_and_model(bench, root, src)
     dev = resolve_device(device)
     precision.warn_if_slow(bench.evaluation.precision, dev, "[evaluation]")
     reporter = Reporter(quiet=quiet)
     t0 = time.perf_counter()
 
     dataset = bench.dataset.instantiate()
-    train = dataset.load("train", root)
-    test = dataset.load("test", root)
+    try:
+        train = dataset.load("train", root)
+        test = dataset.load("test", root)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, field=exc.field or "dataset", source=src) from None
     ev_index = eval_indices(len(test), bench.evaluation.n_examples, bench.seed)
     ev = Data(test.x[ev_index], test.y[ev_index])
     sanity = sanity_attacks(bench, registry, info) if bench.evaluation.sanity else []
     prov = provenance.run_record(bench, registry, info, root, dev, len(train), len(ev), sanity)
     prov |= rundir.owner()
-    kept = rundir.claim(bench.output_dir, "output_dir" if output_dir is None else "--output-dir")
+    try:
+        kept = rundir.claim(bench.output_dir)
+    except ConfigError as exc:
+        raise ConfigError(exc.detail, field=exc.field, source=src) from None
     writer = ResultsWriter(bench.output_dir, prov)
     per_model = 1 + sum(len(a.eps) for a in (*bench.attacks, *sanity))
     n_cells = sum(len(d.seeds) for d in bench.defenses) * per_model

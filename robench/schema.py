@@ -21,7 +21,10 @@ class EvaluationConfig(BaseModel):
     model_config = _Strict
 
     n_examples: int | None = Field(
-        1000, ge=1, description="test examples scored (a seeded random subset); all if unset"
+        1000,
+        ge=1,
+        description="test examples scored (a seeded random subset); at most the test split's "
+        "size when given, while the default (1000) takes the whole split where it is smaller",
     )
     batch_size: int = Field(500, ge=1)
     sanity: bool = Field(
@@ -63,14 +66,28 @@ class PluginTable(BaseModel):
         return dict(self.model_extra or {})
 
 
-def _distinct(v: list[int]) -> list[int]:
-    if len(set(v)) != len(v):
-        raise ValueError("seeds must be distinct")  # the one-line error adds the value given
+#: the largest seed + 1: seeds go to torch.manual_seed (up to 2**64 - 1) and to the int64
+#: seed columns of the results
+SEED_LIMIT = 2**63
+
+
+def _seed_range(v: int) -> int:
+    if not 0 <= v < SEED_LIMIT:
+        # the one-line error adds the value given
+        raise ValueError("a seed must be an integer from 0 to 2**63 - 1")
     return v
 
 
+def _distinct(v: list[int]) -> list[int]:
+    if len(set(v)) != len(v):
+        raise ValueError("seeds must be distinct")
+    return v
+
+
+#: a random seed: 0 ≤ seed < 2**63
+Seed = Annotated[int, AfterValidator(_seed_range)]
 #: training seeds: at least one, all distinct
-Seeds = Annotated[list[int], Field(min_length=1), AfterValidator(_distinct)]
+Seeds = Annotated[list[Seed], Field(min_length=1), AfterValidator(_distinct)]
 
 
 class DefenseTable(PluginTable):
@@ -105,7 +122,7 @@ class BenchmarkFile(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     #: training seeds of every defense (default: ``[seed]``)
     seeds: Seeds | None = None
     output_dir: str | None = None
@@ -113,5 +130,6 @@ class BenchmarkFile(BaseModel):
     model: PluginTable
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    defenses: list[DefenseTable] = Field(min_length=1)
+    #: at least one each (:func:`robench.config.load_benchmark` says so when there is none)
+    defenses: list[DefenseTable] = Field(default_factory=list)
     attacks: list[AttackTable] = Field(default_factory=list)

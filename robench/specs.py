@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -14,12 +15,23 @@ _NORM_ALIASES = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2"
 
 
 def parse_eps(value: Any) -> Any:
-    """Accept a number or a fraction string such as ``"8/255"``."""
+    """Accept a number or a fraction string such as ``"8/255"`` (not a boolean).
+
+    The one-line error that reports a ValueError raised here adds the value given.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected a number or a fraction like '8/255', not a boolean")
     if isinstance(value, str):
         m = _FRACTION.match(value)
-        if not m:
-            raise ValueError(f"expected a number or a fraction like '8/255', got {value!r}")
-        return float(m.group(1)) / float(m.group(2))
+        try:
+            num, den = float(m.group(1)), float(m.group(2))  # type: ignore[union-attr]
+        except (AttributeError, ValueError):
+            raise ValueError("expected a number or a fraction like '8/255'") from None
+        if not (math.isfinite(num) and math.isfinite(den)):
+            raise ValueError("a fraction's numerator and denominator must be finite numbers")
+        if den == 0:
+            raise ValueError("a fraction's denominator must not be zero")
+        return num / den
     return value
 
 

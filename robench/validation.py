@@ -3,10 +3,11 @@ validating plugin references (names, parameters, nested attack specs) against th
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from robench.errors import ConfigError
 from robench.plugin import Params
@@ -22,6 +23,13 @@ def _loc(parts: tuple[Any, ...]) -> str:
     return out
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """A value as an error message shows it: TOML's spelling of booleans, else its repr, cut
+    short where long."""
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _message(err: dict[str, Any]) -> str:
     msg = err["msg"]
     if msg.startswith("Value error, "):
@@ -30,8 +38,10 @@ def _message(err: dict[str, Any]) -> str:
         return "required but missing"
     if err["type"] == "extra_forbidden":
         return "unknown key"
-    if "input" in err and err["type"] not in ("model_type", "dict_type"):
-        msg += f" (got {err['input']!r})"
+    if err["type"] in ("model_type", "model_attributes_type", "dict_type"):
+        msg = "expected a table"
+    if "input" in err:
+        msg += f" (got {shown(err['input'])})"
     return msg
 
 
@@ -49,6 +59,85 @@ def raise_one_line(
         msg = f"{owner} has no key {key!r}{did_you_mean(key, known)} (accepted: {accepted})"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     raise ConfigError(msg + more, field=where, source=source) from None
+
+
+#: integers in a benchmark file must fit in a signed 64-bit integer (torch's and the results'
+#: integer type); tomllib reads integers of any size
+INT_LIMIT = 2**63
+
+
+def check_numbers(
+    raw: Any, source: str | None, *, ints: bool = True, loc: tuple[Any, ...] = ()
+) -> None:
+    """Refuse a non-finite float (TOML's ``inf``, ``nan``) or, with ``ints``, an integer beyond
+    64 bits anywhere in a benchmark file: no setting of robench or its plugins takes one."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            check_numbers(value, source, ints=ints, loc=(*loc, key))
+    elif isinstance(raw, list | tuple):
+        for i, value in enumerate(raw):
+            check_numbers(value, source, ints=ints, loc=(*loc, i))
+    elif isinstance(raw, float) and not math.isfinite(raw):
+        raise ConfigError(f"expected a finite number (got {raw})", field=_loc(loc), source=source)
+    elif ints and type(raw) is int and not -INT_LIMIT <= raw < INT_LIMIT:
+        raise ConfigError(
+            f"integer out of range: expected one from -2**63 to 2**63 - 1 (got {raw})",
+            field=_loc(loc),
+            source=source,
+        )
+
+
+def _coerced_bool(raw: Any, value: Any, loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """Where pydantic turned a boolean of ``raw`` into a number of ``value`` (its lax mode
+    reads ``true`` as 1 for an int or float field), or None."""
+    if not isinstance(raw, dict | list | tuple) and isinstance(value, list | tuple):
+        return _coerced_bool(raw, value[0], loc) if len(value) == 1 else None  # one → [one]
+    if isinstance(raw, bool):
+        return loc if isinstance(value, int | float) and not isinstance(value, bool) else None
+    if isinstance(raw, dict):
+        if isinstance(value, BaseModel):
+            fields = {(f.alias or name): name for name, f in type(value).model_fields.items()}
+            pairs = [(k, r, getattr(value, fields[k])) for k, r in raw.items() if k in fields]
+        elif isinstance(value, dict):
+            pairs = [(k, r, value[k]) for k, r in raw.items() if k in value]
+        else:
+            return None
+        for key, r, v in pairs:
+            found = _coerced_bool(r, v, (*loc, key))
+            if found is not None:
+                return found
+    elif isinstance(raw, list | tuple) and isinstance(value, list | tuple):
+        if len(raw) != len(value):
+            return None
+        for i, (r, v) in enumerate(zip(raw, value, strict=True)):
+            found = _coerced_bool(r, v, (*loc, i))
+            if found is not None:
+                return found
+    return None
+
+
+def check_no_bool_numbers(
+    raw: Any, value: Any, prefix: str, source: str | None, prefix_of=None
+) -> None:
+    """Refuse a boolean given where a number is expected: booleans are not numbers, though
+    pydantic's lax mode reads ``true`` as 1. Compares the raw input with the validated model,
+    so a parameter that is a boolean (or takes any value) keeps its boolean.
+    ``prefix_of(key)`` gives the prefix for a top-level key (default: ``prefix``)."""
+    loc = _coerced_bool(raw, value, ())
+    if loc is None:
+        return
+    head = prefix_of(loc[0]) if prefix_of is not None and loc else prefix
+    rest = _loc(loc)
+    where = f"{head}.{rest}" if head and rest else (head or rest)
+    got = shown(_dig(raw, loc))
+    raise ConfigError(f"expected a number, not a boolean (got {got})", field=where, source=source)
+
+
+def _dig(raw: Any, loc: tuple[Any, ...]) -> Any:
+    for part in loc:
+        if isinstance(raw, dict | list | tuple):
+            raw = raw[part]
+    return raw
 
 
 class Validator:
@@ -70,6 +159,7 @@ class Validator:
         except ValidationError as exc:
             owner = f"{entry.kind} {entry.name!r}"
             raise_one_line(exc, where, self.source, owner, list(cls.model_fields))
+        check_no_bool_numbers(raw, params, where, self.source)
         for fname in cls.model_fields:
             value = getattr(params, fname)
             if isinstance(value, AttackSpec):
@@ -91,14 +181,19 @@ class Validator:
             )
 
     def training(self, base: dict[str, Any], override: dict[str, Any], where: str):
+        def prefix_of(key: Any) -> str:
+            return where if key in override else "training"
+
+        raw = {**base, **override}
         try:
-            return TrainingConfig.model_validate({**base, **override})
+            config = TrainingConfig.model_validate(raw)
         except ValidationError as exc:
             loc = exc.errors()[0]["loc"]
-            in_override = bool(loc) and loc[0] in override
-            prefix = where if in_override else "training"
+            prefix = prefix_of(loc[0]) if loc else "training"
             known = list(TrainingConfig.model_fields)
             raise_one_line(exc, prefix, self.source, "[training]", known)
+        check_no_bool_numbers(raw, config, "training", self.source, prefix_of)
+        return config
 
 
 def check_unique(labels: list[str], what: str, source: str | None) -> None:

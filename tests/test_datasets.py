@@ -29,7 +29,7 @@ def test_digits_shapes_range_and_info():
     info = ds.info(None)
     train, test = ds.load("train", None), ds.load("test", None)
     assert (len(train), len(test)) == (1347, 450)
-    assert info.shape == (1, 8, 8) and info.num_classes == 10
+    assert info.shape == (1, 8, 8) and info.num_classes == 10 and info.test_size == 450
     assert "load_digits" in info.note
     for d in (train, test):
         assert d.x.dtype == torch.float32 and d.y.dtype == torch.int64
@@ -66,7 +66,7 @@ def test_mnist_real_data(data_root: Path):
     ds.check(data_root)
     info = ds.info(data_root)
     assert info.shape == (1, 28, 28) and info.num_classes == 10
-    assert info.mean == (0.1307,) and info.std == (0.3081,)
+    assert info.mean == (0.1307,) and info.std == (0.3081,) and info.test_size == 10_000
     train, test = ds.load("train", data_root), ds.load("test", data_root)
     assert (len(train), len(test)) == (60_000, 10_000)
     assert test.x.shape == (10_000, 1, 28, 28) and test.x.dtype == torch.float32
@@ -86,7 +86,57 @@ def test_mnist_missing_files_without_download(tmp_path: Path):
 
 
 def test_mnist_check_passes_when_download_is_allowed(tmp_path: Path):
-    MNIST(download=True).check(tmp_path)  # the download happens at load time
+    MNIST(download=True).check(tmp_path)  # the download happens at run (prepare) or load time
+    (tmp_path / "file").touch()
+    with pytest.raises(ConfigError, match=r"cannot be downloaded there: .* is a file"):
+        MNIST(download=True).check(tmp_path / "file" / "data")
+
+
+def _idx(path: Path, array: np.ndarray) -> None:
+    header = np.array([0x0800 + array.ndim, *array.shape], dtype=">i4").tobytes()
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_mnist_reads_the_idx_files_and_torchvisions_legacy_cache_alike(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    arrays = {
+        s: (rng.integers(0, 256, (n, 28, 28)), rng.integers(0, 10, n))
+        for s, n in (("train", 6), ("t10k", 3))
+    }
+    raw, processed = tmp_path / "a" / "MNIST" / "raw", tmp_path / "b" / "MNIST" / "processed"
+    raw.mkdir(parents=True)
+    processed.mkdir(parents=True)
+    for s, (x, y) in arrays.items():
+        _idx(raw / f"{s}-images-idx3-ubyte", x)
+        _idx(raw / f"{s}-labels-idx1-ubyte", y)
+        pair = (torch.tensor(x, dtype=torch.uint8), torch.tensor(y))
+        torch.save(pair, processed / ("training.pt" if s == "train" else "test.pt"))
+    ds = MNIST(download=False)
+    for root in (tmp_path / "a", tmp_path / "b"):
+        ds.check(root)
+        assert ds.info(root).test_size == 3
+        test = ds.load("test", root)
+        assert test.x.shape == (3, 1, 28, 28) and test.y.dtype == torch.int64
+        assert torch.equal(test.x[:, 0], torch.tensor(arrays["t10k"][0]).float() / 255)
+        assert torch.equal(test.y, torch.tensor(arrays["t10k"][1]))
+
+
+def test_a_failed_download_is_one_quiet_line(tmp_path: Path, monkeypatch, capfd):
+    import urllib.error
+
+    def fail(url, *args, **kwargs):
+        print(f"Downloading {url}")
+        raise urllib.error.URLError("no network in tests")
+
+    monkeypatch.setattr("torchvision.datasets.mnist.download_and_extract_archive", fail)
+    monkeypatch.setattr("torchvision.datasets.cifar.download_and_extract_archive", fail)
+    for ds, folder in ((MNIST(), "MNIST"), (CIFAR10(), "cifar-10-batches-py")):
+        with pytest.raises(ConfigError) as err:
+            ds.load("test", tmp_path / "data")
+        msg = one_line(err)
+        assert f"could not download {ds.name.upper().replace('CIFAR10', 'CIFAR-10')}" in msg
+        assert str(tmp_path / "data" / folder) in msg and "no network in tests" in msg
+    assert capfd.readouterr().out == ""  # torchvision's messages are not printed
 
 
 # --- cifar10 ------------------------------------------------------------------------------
@@ -98,7 +148,7 @@ def test_cifar10_from_the_npz_mirror(data_root: Path):
     ds = CIFAR10(download=False)
     ds.check(data_root)
     info = ds.info(data_root)
-    assert info.shape == (3, 32, 32) and info.num_classes == 10
+    assert info.shape == (3, 32, 32) and info.num_classes == 10 and info.test_size == 10_000
     assert "not exact" in info.note and "not comparable" in info.note
     test = ds.load("test", data_root)
     assert test.x.shape == (10_000, 3, 32, 32) and test.x.dtype == torch.float32
@@ -155,7 +205,7 @@ def test_npz_round_trip(tmp_path: Path, layout: str):
     assert torch.equal(data.y, torch.from_numpy(y))
     assert len(ds.load("test", tmp_path)) == 4
     info = ds.info(tmp_path)
-    assert info.shape == images.shape[1:] and info.num_classes == 4
+    assert info.shape == images.shape[1:] and info.num_classes == 4 and info.test_size == 4
     assert info.mean == pytest.approx(images.mean(axis=(0, 2, 3)).tolist(), abs=1e-5)
     assert "my data v1" in info.note and str(test) in info.note
 

@@ -38,7 +38,8 @@ def test_each_defense_is_trained_and_scored_once_per_seed(seeded_run):
     models = {s: read_outcomes(tmp / "out").get("standard", "clean", seed=s) for s in (0, 1, 2)}
     assert any(not np.array_equal(models[0], models[s]) for s in (1, 2))
     # ...and the same seed gives the same model whatever else the benchmark trains
-    alone = robench.run(tiny_config(tmp / "alone", attacks=[]), quiet=True)
+    one_attack = [{"name": "fgsm", "eps": [0.1]}]
+    alone = robench.run(tiny_config(tmp / "alone", attacks=one_attack), quiet=True)
     assert alone.loc[alone["kind"] == "clean", "accuracy"].item() == std.loc[0, "accuracy"]
     same = clean.set_index(["defense", "train_seed"])["accuracy"]
     assert same[("one-seed", 0)] == same[("standard", 0)]

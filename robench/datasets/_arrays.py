@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,35 @@ from robench.errors import ConfigError
 
 #: how a missing-data message ends: what the user can change
 FIX_HINT = "point --data-root (or ROBENCH_DATA) at a folder holding it, or set download = true"
+
+
+@contextlib.contextmanager
+def quiet_download(what: str) -> Iterator[None]:
+    """Around a torchvision download: its progress and retry messages are not printed, and any
+    failure (no network, a mirror gone, a checksum that does not match, a full disk) becomes a
+    one-line :class:`ConfigError` saying "could not download ``what``: <reason>"."""
+    sink = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+            yield
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(
+            f"could not download {what}: {_download_reason(err)}; point --data-root "
+            "(or ROBENCH_DATA) at a folder holding it, or download it there yourself"
+        ) from err
+
+
+def _download_reason(err: Exception) -> str:
+    """One line from a download error: torchvision's 'Error downloading f:' and the last
+    mirror's reason below it."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) == 1:
+        return lines[0]
+    return f"{lines[0].rstrip(':')}: {lines[-1]}"
 
 
 def npz_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
@@ -27,6 +59,30 @@ def npz_header(path: Path, key: str) -> tuple[tuple[int, ...], np.dtype] | None:
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(f)
     return tuple(shape), dtype
+
+
+def check_npz(path: Path) -> tuple[tuple[int, int, int], int]:
+    """Check an npz of images ``x`` and labels ``y`` by its array headers (cheap); return the
+    per-image (C, H, W) and the number of examples. Raises :class:`ConfigError`."""
+    try:
+        x, y = npz_header(path, "x"), npz_header(path, "y")
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
+        raise ConfigError(f"{path} is not a readable .npz file: {err}") from err
+    if x is None or y is None:
+        key = "x" if x is None else "y"
+        raise ConfigError(f"{path} has no array {key!r} (expected arrays 'x' and 'y')")
+    (x_shape, x_dtype), (y_shape, y_dtype) = x, y
+    chw = chw_shape(x_shape)
+    if chw is None:
+        raise ConfigError(f"{path}: x must be N×H×W, N×H×W×C or N×C×H×W, got shape {x_shape}")
+    if x_dtype != np.uint8 and not np.issubdtype(x_dtype, np.floating):
+        raise ConfigError(f"{path}: x must be uint8 or float in [0, 1], got {x_dtype}")
+    if y_shape != x_shape[:1] or not np.issubdtype(y_dtype, np.integer):
+        raise ConfigError(
+            f"{path}: y must be 1-D integers, one label per image, got {y_dtype} of "
+            f"shape {y_shape} for {x_shape[0]} images"
+        )
+    return chw, x_shape[0]
 
 
 def npz_entry(path: Path, key: str) -> object | None:

@@ -7,13 +7,14 @@ from pathlib import Path
 import torch
 from pydantic import Field
 
-from robench.dataset import Data, Dataset, DatasetInfo, Split
-from robench.datasets._arrays import FIX_HINT, load_npz, npz_entry
+from robench.dataset import Data, Dataset, DatasetInfo, Split, unwritable_dir
+from robench.datasets._arrays import FIX_HINT, check_npz, load_npz, npz_entry, quiet_download
 from robench.errors import ConfigError
 from robench.plugin import Params
 
 _FOLDER = "cifar-10-batches-py"
 _NOT_EXACT = "(not exact: not comparable to published CIFAR-10 results)"
+_TEST_SIZE = 10_000
 
 
 def _mirror(root: Path) -> dict[str, Path] | None:
@@ -52,17 +53,41 @@ class CIFAR10(Dataset):
         )
 
     def check(self, root: Path) -> None:
-        self._source(Path(root).expanduser())
+        root = Path(root).expanduser()
+        mirror = self._source(root)
+        for path in (mirror or {}).values():
+            chw, _ = check_npz(path)
+            if chw != (3, 32, 32):
+                raise ConfigError(f"{path}: CIFAR-10 images are 3×32×32, found {chw}")
+        if mirror is None and not (root / _FOLDER).is_dir():
+            problem = unwritable_dir(root)
+            if problem is not None:
+                raise ConfigError(
+                    f"CIFAR-10 is not under {root} and cannot be downloaded there: {problem}; "
+                    "point --data-root (or ROBENCH_DATA) at a writable folder"
+                )
+
+    def prepare(self, root: Path) -> None:
+        """Download CIFAR-10 with torchvision if neither its folder nor the mirror is there."""
+        root = Path(root).expanduser()
+        if self._source(root) is not None or (root / _FOLDER).is_dir():
+            return
+        from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
+
+        with quiet_download(f"CIFAR-10 into {root / _FOLDER}"):
+            TorchvisionCIFAR10(str(root), train=True, download=True)
 
     def info(self, root: Path) -> DatasetInfo:
         root = Path(root).expanduser()
         mirror = self._source(root)
+        test_size = _TEST_SIZE
         if mirror is None:
             where = root / _FOLDER
             where_s = str(where) if where.is_dir() else f"download to {where}"
             note = f"CIFAR-10 via torchvision ({where_s}), exact"
         else:
             note = "; ".join(_mirror_note(s, p) for s, p in mirror.items())
+            _, test_size = check_npz(mirror["test"])
         return DatasetInfo(
             name=self.name,
             shape=(3, 32, 32),
@@ -70,6 +95,7 @@ class CIFAR10(Dataset):
             mean=(0.4914, 0.4822, 0.4465),
             std=(0.2471, 0.2435, 0.2616),
             note=note,
+            test_size=test_size,
         )
 
     def load(self, split: Split, root: Path) -> Data:
@@ -78,12 +104,11 @@ class CIFAR10(Dataset):
         if mirror is not None:
             x, y = load_npz(mirror[split])
             return Data(x, y)
+        self.prepare(root)
         from torchvision.datasets import CIFAR10 as TorchvisionCIFAR10
 
-        try:
-            ds = TorchvisionCIFAR10(
-                str(root), train=split == "train", download=self.params.download
-            )
+        try:  # torchvision checks each file's MD5 before it unpickles it
+            ds = TorchvisionCIFAR10(str(root), train=split == "train", download=False)
         except (RuntimeError, OSError) as err:
             msg = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise ConfigError(f"could not read CIFAR-10 under {root}: {msg}; {FIX_HINT}") from err

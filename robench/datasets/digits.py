@@ -37,13 +37,16 @@ class Digits(Dataset):
         test_fraction: float = Field(
             0.25, gt=0, lt=1, description="fraction of the images held out as the test split"
         )
-        split_seed: int = Field(0, description="seed of the stratified train/test split")
+        split_seed: int = Field(
+            0, ge=0, lt=2**32, description="seed of the stratified train/test split"
+        )
 
     def _arrays(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
         return _split(self.params.test_fraction, self.params.split_seed)[split]
 
     def info(self, root: Path) -> DatasetInfo:
         x, _ = self._arrays("train")
+        _, y_test = self._arrays("test")
         return DatasetInfo(
             name=self.name,
             shape=(1, 8, 8),
@@ -53,6 +56,7 @@ class Digits(Dataset):
             note="scikit-learn load_digits (UCI optdigits test set), exact; "
             f"stratified split test_fraction={self.params.test_fraction}, "
             f"seed={self.params.split_seed}",
+            test_size=len(y_test),
         )
 
     def load(self, split: Split, root: Path) -> Data:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 
 from robench.dataset import Data, Dataset, DatasetInfo, Split
-from robench.datasets._arrays import chw_shape, load_npz, npz_entry, npz_header
+from robench.datasets._arrays import check_npz, load_npz, npz_entry
 from robench.errors import ConfigError
 from robench.plugin import Params
 
@@ -55,26 +53,7 @@ class Npz(Dataset):
                     f"npz {split} file not found: {path} (a relative path is taken from the "
                     "benchmark file's folder)"
                 )
-            try:
-                x, y = npz_header(path, "x"), npz_header(path, "y")
-            except (zipfile.BadZipFile, ValueError, OSError) as err:
-                raise ConfigError(f"{path} is not a readable .npz file: {err}") from err
-            if x is None or y is None:
-                key = "x" if x is None else "y"
-                raise ConfigError(f"{path} has no array {key!r} (expected arrays 'x' and 'y')")
-            (x_shape, x_dtype), (y_shape, y_dtype) = x, y
-            shapes[split] = chw_shape(x_shape)
-            if shapes[split] is None:
-                raise ConfigError(
-                    f"{path}: x must be N×H×W, N×H×W×C or N×C×H×W, got shape {x_shape}"
-                )
-            if x_dtype != np.uint8 and not np.issubdtype(x_dtype, np.floating):
-                raise ConfigError(f"{path}: x must be uint8 or float in [0, 1], got {x_dtype}")
-            if y_shape != x_shape[:1] or not np.issubdtype(y_dtype, np.integer):
-                raise ConfigError(
-                    f"{path}: y must be 1-D integers, one label per image, got {y_dtype} of "
-                    f"shape {y_shape} for {x_shape[0]} images"
-                )
+            shapes[split], _ = check_npz(path)
         if shapes["train"] != shapes["test"]:
             raise ConfigError(
                 f"train and test images differ in shape: {shapes['train']} in "
@@ -93,13 +72,12 @@ class Npz(Dataset):
         return Data(x, y)
 
     def info(self, root: Path) -> DatasetInfo:
-        train = self.load("train", root)
+        """Loads both splits: their values and labels are checked before anything trains."""
+        train, test = self.load("train", root), self.load("test", root)
         c = train.x.shape[1]
         num_classes = self.params.num_classes
         if num_classes is None:
-            with np.load(self.params.test) as f:
-                y_test = f["y"]
-            top = max(int(train.y.max()) if len(train) else 0, int(y_test.max(initial=0)))
+            top = max((int(d.y.max()) for d in (train, test) if len(d)), default=0)
             num_classes = top + 1
         mean, std = self.params.mean, self.params.std
         if mean is None:
@@ -119,4 +97,5 @@ class Npz(Dataset):
             mean=tuple(mean),
             std=tuple(std),
             note="; ".join(notes),
+            test_size=len(test),
         )
