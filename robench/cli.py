@@ -87,9 +87,19 @@ _data_root = click.option(
     type=click.Path(path_type=Path),
     help="Where results.csv and results.json go (default: the file's output_dir).",
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for torch (default: the file's threads, else one per core).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def run(
-    benchmark: Path, device: str, data_root: Path | None, output_dir: Path | None, quiet: bool
+    benchmark: Path,
+    device: str,
+    data_root: Path | None,
+    output_dir: Path | None,
+    threads: int | None,
+    quiet: bool,
 ) -> None:
     """Train every defense of BENCHMARK (a TOML file) and score it against every attack.
 
@@ -112,7 +122,12 @@ def run(
     _report_failures(registry, "Warning")
     try:
         df = run_benchmark(
-            bench, device=device, data_root=data_root, registry=registry, quiet=quiet
+            bench,
+            device=device,
+            data_root=data_root,
+            registry=registry,
+            quiet=quiet,
+            threads=threads,
         )
     except (ConfigError, PluginError) as exc:
         raise _config_error(exc) from None

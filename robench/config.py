@@ -115,6 +115,8 @@ class Benchmark:
     name: str
     description: str
     seed: int
+    #: CPU threads for torch during the run (None: torch's default)
+    threads: int | None
     source: Path | None
     output_dir: Path
     dataset: PluginUse
@@ -135,6 +137,7 @@ class Benchmark:
             "name": self.name,
             "description": self.description,
             "seed": self.seed,
+            "threads": self.threads,
             "output_dir": str(self.output_dir),
             "dataset": plug(self.dataset),
             "model": plug(self.model),
@@ -299,6 +302,7 @@ def load_benchmark(
         name=f.name,
         description=f.description,
         seed=f.seed,
+        threads=f.threads,
         source=path,
         output_dir=out,
         dataset=dataset,

@@ -336,6 +336,7 @@ def run(
     output_dir: str | Path | None = None,
     registry: Registry | None = None,
     quiet: bool = False,
+    threads: int | None = None,
 ) -> pd.DataFrame:
     """Run a benchmark and return its results table (also written under its output folder).
 
@@ -345,6 +346,7 @@ def run(
     run that does not finish leaves the previous results as they were; :mod:`robench.rundir`).
     A cell that fails is recorded (``status = "error"``) and the run goes on. Ctrl-C, SIGTERM
     and SIGHUP stop the run with status ``interrupted`` and raise KeyboardInterrupt.
+    ``threads`` (else the file's ``threads``) sets torch's CPU threads for the run.
     ``df.attrs`` holds the paths written and the number of failed cells.
     """
     registry = registry or get_registry()
@@ -357,6 +359,19 @@ def run(
         bench = load_benchmark(
             config, registry=registry, data_root=root, output_dir=output_dir, check_data=False
         )
+    n_threads = threads or bench.threads
+    previous = torch.get_num_threads()
+    if n_threads:
+        torch.set_num_threads(n_threads)
+    try:
+        return _execute(bench, registry, root, device, quiet)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _execute(
+    bench: Benchmark, registry: Registry, root: Path, device: str | None, quiet: bool
+) -> pd.DataFrame:
     src = str(bench.source) if bench.source else None
     info = check_data_and_model(bench, root, src)
     dev = resolve_device(device)

@@ -126,6 +126,12 @@ class BenchmarkFile(BaseModel):
     #: training seeds of every defense (default: ``[seed]``)
     seeds: Seeds | None = None
     output_dir: str | None = None
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for torch (default: torch's, one per core); CPU results "
+        "depend on it, since float reductions are split across threads",
+    )
     dataset: PluginTable
     model: PluginTable
     training: dict[str, Any] = Field(default_factory=dict)

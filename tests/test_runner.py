@@ -427,3 +427,22 @@ def test_results_from_before_the_name_columns_still_read():
     attacks = df[df["kind"] == "attack"]
     assert "fgsm" in set(attacks["attack_name"]) and set(attacks["attack_plugin"]) == {""}
     assert "standard" in set(df["defense_name"])
+
+
+def test_threads_setting_is_applied_recorded_and_restored(tmp_path):
+    """``threads = 1``: the run uses one CPU thread whatever torch had (so its numbers do not
+    depend on the machine's core count), records it, and gives torch its setting back."""
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for outer in (2, 1):
+            torch.set_num_threads(outer)
+            out = tmp_path / f"t{outer}"
+            df = robench.run(tiny_config(tmp_path, threads=1, output_dir=str(out)), quiet=True)
+            assert torch.get_num_threads() == outer
+            prov = json.loads((out / "results.json").read_text())
+            assert prov["device"]["torch_threads"] == 1 and prov["config"]["threads"] == 1
+            runs.append(df.drop(columns=["seconds", "train_seconds"]))
+    finally:
+        torch.set_num_threads(before)
+    pd.testing.assert_frame_equal(*runs)
