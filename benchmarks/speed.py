@@ -1,6 +1,6 @@
 """How fast is robench, on the same model, examples and budget as the libraries people use?
 
-Three sections (``--sections``, all by default):
+Four sections (``--sections``, all by default):
 
 evaluation
     Robust accuracy of one model at L∞ ε (default 0.1) on the first ``--n`` test images
@@ -43,6 +43,18 @@ training
     training of a fresh model on the same ``--train-examples`` images, in fp32 and in bf16 +
     channels_last (``[training] precision = "bf16"``, ``channels_last = true``): images per
     second and the epoch time as a multiple of standard training's in the same setting.
+contract
+    The cost of the attack contract, which checks the model by value on every attack call
+    (``robench.attack.craft``: a copy of the weights and buffers before, a comparison and the
+    structure check after). On the benchmark's model (freshly built: the cost does not depend on
+    the weights) with a batch of ``--batch`` test images: the check alone
+    (``robench.attack.attack_mode`` around nothing), PGD-20 (no early stop, every step taken)
+    run directly under eval mode with frozen parameters, and the same attack through ``craft``;
+    overhead = craft's time / the direct run's − 1, and the check alone as a share of the direct
+    run. Then on PreAct ResNet-18 (11.2M parameters; random 3×32×32 images in batches of
+    ``--contract-batch``, 32 on the CPU, 512 on CUDA): the check alone against one
+    forward-backward pass, the unit of an attack's cost, and as a share of a PGD-20 call
+    (20 of them). It trains nothing: ``--sections contract`` takes a minute on a CPU.
 
 Every time is the median of ``--repeats`` runs (default 5), the tools interleaved so that drift
 in the machine's load hits them alike, after one warm-up run of each outside the timings (on
@@ -57,7 +69,8 @@ robust accuracies are the mean over the timed runs. The targets (``target``/``ta
   examples FGSM left robust), so robust accuracies vary from run to run
   (``robust_accuracy_sd``, in points): the comparison is of means, without tolerance;
 - adapter: within 10 % of the library called directly;
-- training: an FGSM-RS epoch ≤ 2.5× a standard one, a PGD-10 epoch ≤ 8×, in each setting.
+- training: an FGSM-RS epoch ≤ 2.5× a standard one, a PGD-10 epoch ≤ 8×, in each setting;
+- contract: the check costs at most 5 % of a PGD-20 call.
 
 bfloat16 is fast on GPUs and on CPUs with native support (AVX-512 BF16, AMX); elsewhere it is
 emulated, and its rows show that.
@@ -70,6 +83,7 @@ its rows are skipped with a note. ::
 
     python benchmarks/speed.py --data-root ../shared/data [--device cuda] [--checkpoint-dir ckpt]
     python benchmarks/speed.py --n 64 --repeats 1 --train-examples 256 -o /tmp/speed.csv  # smoke
+    python benchmarks/speed.py --sections contract -o /tmp/contract.csv  # the contract alone
 """
 
 from __future__ import annotations
@@ -90,6 +104,7 @@ import torch
 from torch import nn
 
 from robench import provenance
+from robench.attack import attack_mode, craft
 from robench.attacks.fgsm import FGSM
 from robench.attacks.pgd import PGD
 from robench.config import default_data_root
@@ -107,7 +122,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder: adapter
 from adapter_overhead import _adapter, _direct_art, _direct_foolbox, art_classifier
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("evaluation", "adapter", "training")
+SECTIONS = ("evaluation", "adapter", "training", "contract")
 FAST_ROBENCH = "robench bf16+cl"
 FAST_TA = "torchattacks bf16+cl"
 SEED = 0
@@ -119,6 +134,15 @@ SPEEDUP_TARGET = {"torchattacks": 3.0, "ART": 1.0, "Foolbox": 1.0}
 ADAPTER_TARGET = 0.10
 #: training: largest epoch time as a multiple of standard training's
 TRAINING_TARGET = {"fast-at": 2.5, "pgd-at": 8.0}
+#: contract: the largest cost of the model check, as a share of a PGD-20 call
+CONTRACT_TARGET = 0.05
+#: contract: runs of the (fast) model check timed, at least
+CONTRACT_RUNS = 20
+#: contract: the heavy model, and the shape and statistics of its (random) images
+RESNET = "preact-resnet18"
+CIFAR_INFO = DatasetInfo(
+    "cifar10-shaped", (3, 32, 32), 10, (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+)
 VERSIONS = (
     "robench",
     "torch",
@@ -219,7 +243,7 @@ class Trainer:
         path = cache / name if cache else None
         if path is not None and path.is_file():
             model = self.fresh_model()
-            model.load_state_dict(torch.load(path, map_location="cpu"))
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             print(f"loaded {path}")
             return model.to(self.device).eval()
         model, fit = self.fitter(kind, eps, epochs)
@@ -533,6 +557,135 @@ def training_rows(trainer: Trainer, args) -> list[dict[str, Any]]:
     return rows
 
 
+# --- the attack contract ---------------------------------------------------------------------
+
+
+def _frozen(model: nn.Module, device: torch.device) -> nn.Module:
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def _check_alone(model: nn.Module, runs: int, device: torch.device) -> float:
+    """Median time of the contract's model check around nothing (snapshot, compare, restore)."""
+
+    def check() -> None:
+        with attack_mode(model):
+            pass
+
+    check()  # warm-up
+    return statistics.median(timed(check, device)[0] for _ in range(runs))
+
+
+def _contract_row(label: str, model: nn.Module, n: int, args, **fields: Any) -> dict[str, Any]:
+    params = sum(p.numel() for p in model.parameters())
+    row = {"section": "contract", "model": f"{label} ({params / 1e6:.2g}M params)", "n": n}
+    row |= {"eps": args.eps, "alpha": args.alpha} if label != RESNET else {}
+    return row | fields
+
+
+def contract_rows(trainer: Trainer, x: torch.Tensor, y: torch.Tensor, args) -> list[dict]:
+    """The model check's cost on the benchmark's model, against PGD-20 called directly and
+    through ``craft``, and on PreAct ResNet-18 against one forward-backward pass."""
+    device, runs = args.device, max(CONTRACT_RUNS, args.repeats)
+    x, y = x[: args.batch], y[: args.batch]
+    model = _frozen(trainer.fresh_model(), device)
+    threat = ThreatModel("linf", args.eps, trainer.info.bounds)
+    attack = PGD(threat, steps=STEPS, step_size=args.alpha, random_start=True, early_stop=False)
+
+    def direct() -> torch.Tensor:  # what craft does, less the check and the projection
+        with torch.enable_grad():
+            return attack.run(model, x.clone(), y)
+
+    out = interleaved(
+        {"direct": direct, "craft": lambda: craft(attack, model, x, y).x_adv},
+        args.repeats,
+        device,
+    )
+    direct_s, craft_s = out["direct"][0], out["craft"][0]
+    check_s = _check_alone(model, runs, device)
+    pgd = f"PGD-{STEPS}, no early stop, 1 batch"
+    name, n = trainer.model_name, len(y)
+    target = f"check ≤ {CONTRACT_TARGET:.0%} of a PGD-{STEPS} call"
+    rows = [
+        _contract_row(
+            name,
+            model,
+            n,
+            args,
+            tool="robench contract",
+            what=f"model check alone (copy + compare), share of {pgd} direct",
+            seconds=check_s,
+            ratio_or_speedup=check_s / direct_s,
+            overhead_pct=100 * check_s / direct_s,
+            target=target,
+            target_met=_yes(check_s / direct_s <= CONTRACT_TARGET),
+        ),
+        _contract_row(
+            name,
+            model,
+            n,
+            args,
+            tool="PGD run() directly",
+            what=f"{pgd}: eval, frozen parameters, no check",
+            seconds=direct_s,
+            ratio_or_speedup=1.0,
+        ),
+        _contract_row(
+            name,
+            model,
+            n,
+            args,
+            tool="robench craft",
+            what=f"{pgd} through craft (check + projection)",
+            seconds=craft_s,
+            ratio_or_speedup=craft_s / direct_s,
+            overhead_pct=100 * (craft_s / direct_s - 1),
+        ),
+    ]
+
+    batch = args.contract_batch
+    resnet = _frozen(get_registry().get("model", RESNET).cls().build(CIFAR_INFO), device)
+    gen = torch.Generator().manual_seed(SEED)
+    xr = torch.rand(batch, *CIFAR_INFO.shape, generator=gen).to(device).requires_grad_(True)
+    yr = torch.randint(0, CIFAR_INFO.num_classes, (batch,), generator=gen).to(device)
+
+    def forward_backward() -> torch.Tensor:
+        loss = nn.functional.cross_entropy(resnet(xr), yr)
+        return torch.autograd.grad(loss, xr)[0]
+
+    fb_s = interleaved({"fb": forward_backward}, args.repeats, device)["fb"][0]
+    check_s = _check_alone(resnet, runs, device)
+    share = check_s / (STEPS * fb_s)
+    rows += [
+        _contract_row(
+            RESNET,
+            resnet,
+            batch,
+            args,
+            tool="robench contract",
+            what=f"model check alone (copy + compare), share of PGD-{STEPS} = {STEPS} passes",
+            seconds=check_s,
+            ratio_or_speedup=share,
+            overhead_pct=100 * share,
+            target=target,
+            target_met=_yes(share <= CONTRACT_TARGET),
+        ),
+        _contract_row(
+            RESNET,
+            resnet,
+            batch,
+            args,
+            tool="forward-backward",
+            what="one input-gradient pass, random 3×32×32 images",
+            seconds=fb_s,
+            ratio_or_speedup=1.0,
+        ),
+    ]
+    return rows
+
+
 # --- main -------------------------------------------------------------------------------------
 
 
@@ -563,6 +716,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--train-examples", type=int, default=20000)
     ap.add_argument("--checkpoint-dir", type=Path, default=None, help="cache trained models")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    ap.add_argument(
+        "--contract-batch", type=int, default=None, help="ResNet batch (32 CPU, 512 CUDA)"
+    )
     ap.add_argument("-o", "--output", type=Path, default=REPO / "results" / "speed.csv")
     args = ap.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -573,6 +729,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.alpha = args.alpha if args.alpha is not None else 2.5 * args.eps / STEPS
     args.train_eps = args.train_eps if args.train_eps is not None else args.eps
     args.batch = args.batch or (2000 if args.device.type == "cuda" else 500)
+    args.contract_batch = args.contract_batch or (512 if args.device.type == "cuda" else 32)
     return args
 
 
@@ -609,6 +766,8 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             rows += adapter_rows(label, model, x, y, args)
     if "training" in args.sections:
         rows += training_rows(trainer, args)
+    if "contract" in args.sections:
+        rows += contract_rows(trainer, x, y, args)
 
     columns = [
         "section",
@@ -642,7 +801,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             "clean_accuracy": 1,
             "ratio_or_speedup": 2,
             "speedup_vs_fast": 2,
-            "overhead_pct": 1,
+            "overhead_pct": 2,
             "images_per_s": 0,
         }
     )

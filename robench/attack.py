@@ -6,10 +6,23 @@ framework's :func:`craft` (behind ``Attack.__call__``) guarantees, whatever ``ru
 
 - the model is in eval mode during the attack and every module's mode is restored afterwards;
 - model parameters do not require grad during the attack (so no weight gradients are computed
-  or left behind) and are restored afterwards; an attack that modifies weights or buffers is a
-  :class:`~robench.errors.ContractError`;
+  or left behind) and are restored afterwards;
+- the model comes back exactly as it was, checked by value: before the call :func:`attack_mode`
+  copies every parameter and buffer and records the module structure (each module's class,
+  submodules, parameter and buffer objects, hooks and any instance-level ``forward``; each
+  parameter's ``requires_grad``, ``.grad`` and gradient hooks). An attack that changed any of
+  it, by an in-place write under ``no_grad``, through ``.data``, by running the model in train
+  mode (batch-norm statistics), by swapping a submodule, parameter or buffer, by changing a
+  dtype or device, or by adding a hook, has the model restored (the same objects, the values
+  copied back, hooks removed, also when the attack raised) and fails with a
+  :class:`~robench.errors.ContractError` naming what it changed, so the cells after it see the
+  model the defense trained. Values are compared bit for bit: NaN weights are no change. A
+  gradient set to None (``model.zero_grad()``, which many attacks call) is put back silently;
 - the result is projected into the ε-ball and the bounds, NaN replaced by the clean input; a
   plugin result that had to be projected is counted in :attr:`Crafted.n_violations`.
+
+The check costs one copy of the weights and buffers, and one comparison, per attack call (per
+batch); ``benchmarks/speed.py --sections contract`` measures it.
 
 Most attacks work to a fixed budget. A *minimisation* attack (``minimizes = True``: Carlini-
 Wagner, DeepFool, decision-based attacks) looks for the smallest adversarial perturbation and
@@ -37,6 +50,7 @@ from torch import nn
 
 from robench.errors import ContractError
 from robench.plugin import Params, Plugin
+from robench.snapshot import ModelSnapshot
 from robench.threat import NORMS, TOLERANCE, Norm, ThreatModel
 
 
@@ -89,6 +103,13 @@ class Attack(Plugin):
 
         ``model`` is in eval mode and its parameters do not require grad; compute input
         gradients with ``torch.autograd.grad``. ``x`` is a detached copy you may modify.
+
+        Leave the model as you found it: :func:`craft` compares it by value afterwards, and
+        any change (a weight written in place, under ``no_grad`` or through ``.data``; batch
+        norm statistics moved by a forward pass in train mode; a module, parameter or buffer
+        swapped; a dtype or device changed; a hook or a ``forward`` added; a gradient left on
+        a parameter) is undone and fails the call with a :class:`ContractError` naming it.
+        Temporary changes you undo yourself, bit for bit, before returning are fine.
         """
 
     @final
@@ -97,28 +118,34 @@ class Attack(Plugin):
 
 
 @contextlib.contextmanager
-def attack_mode(model: nn.Module) -> Iterator[None]:
+def attack_mode(model: nn.Module, who: str = "the attack") -> Iterator[None]:
     """Eval mode and frozen parameters for the duration of the block; everything restored after.
 
-    Raises :class:`ContractError` if a parameter or buffer was modified inside the block.
+    The model is checked by value: its parameters and buffers are copied and its structure
+    recorded on entry and compared on exit (bitwise, so NaN weights compare equal). If the
+    block changed anything, or left a module in train mode, the model is restored exactly
+    and :class:`ContractError` is raised with a one-line message, starting with ``who``,
+    naming what changed. If the block raised, the model is restored too; the error is then a
+    ContractError caused by the block's exception when the model had changed, else the block's
+    own exception.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    params = list(model.parameters())
-    requires = [p.requires_grad for p in params]
-    tensors = params + list(model.buffers())
-    versions = [t._version for t in tensors]
+    snapshot = ModelSnapshot(model)
     model.eval()
-    for p in params:
+    for p in snapshot.params:
         p.requires_grad_(False)
     try:
         yield
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, r in zip(params, requires, strict=True):
-            p.requires_grad_(r)
-    if any(t._version != v for t, v in zip(tensors, versions, strict=True)):
-        raise ContractError("the attack modified the model's weights or buffers")
+    except Exception as exc:
+        reason = snapshot.check_and_restore(who)
+        if reason is not None:
+            raise ContractError(reason) from exc
+        raise
+    except BaseException:  # KeyboardInterrupt and the like: restore and let it through
+        snapshot.check_and_restore(who)
+        raise
+    reason = snapshot.check_and_restore(who)
+    if reason is not None:
+        raise ContractError(reason)
 
 
 def craft(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Crafted:
@@ -127,12 +154,8 @@ def craft(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     threat = attack.threat
     if threat.eps == 0:  # nothing can change: skip the plugin (some libraries reject ε = 0)
         return Crafted(x.clone(), 0, 0.0)
-    with attack_mode(model):
-        with torch.enable_grad():
-            x_adv = attack.run(model, x.clone(), y)
-        left_train = any(m.training for m in model.modules())
-    if left_train:
-        raise ContractError(f"attack {attack.name!r} switched the model to train mode")
+    with attack_mode(model, who=f"attack {attack.name!r}"), torch.enable_grad():
+        x_adv = attack.run(model, x.clone(), y)
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:
         got = tuple(x_adv.shape) if isinstance(x_adv, torch.Tensor) else type(x_adv).__name__
         raise ContractError(

@@ -219,11 +219,25 @@ def test_nan_result_is_replaced_and_counted() -> None:
     assert torch.equal(crafted.x_adv[::2], x[::2])
 
 
-@pytest.mark.parametrize("broken", [ChangesWeights, ChangesBuffers], ids=lambda c: c.name)
-def test_modifying_the_model_is_a_contract_error(broken: type[Attack]) -> None:
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (ChangesWeights, "changed the model's parameter 'features.0.weight' (restored)"),
+        (
+            ChangesBuffers,
+            "changed the model's buffer 'features.1.running_mean' "
+            "(did it run the model in train mode?) (restored)",
+        ),
+    ],
+    ids=lambda c: getattr(c, "name", ""),
+)
+def test_modifying_the_model_is_a_contract_error(broken: type[Attack], message: str) -> None:
     model, (x, y) = _model(), _batch()
-    with pytest.raises(ContractError, match="modified the model"):
+    before = _snapshot(model)
+    with pytest.raises(ContractError) as err:
         craft(broken(ThreatModel("linf", 0.1)), model, x, y)
+    assert str(err.value) == f"attack {broken.name!r} {message}"
+    _assert_unchanged(model, before)
 
 
 def test_switching_to_train_mode_is_a_contract_error_and_modes_come_back() -> None:
@@ -251,3 +265,212 @@ def test_unsupported_norm_is_refused_at_construction() -> None:
     LinfOnly(ThreatModel("linf", 0.1))
     with pytest.raises(ValueError, match="does not support norm 'l2'"):
         LinfOnly(ThreatModel("l2", 0.1))
+
+
+# --- hostile attacks: the contract holds by value, and the model comes back exactly -----------
+
+
+def _structure(model: nn.Module) -> dict:
+    """Everything a later cell could trip over besides the values: the module objects and
+    classes, parameter and buffer objects, hooks, instance-level ``forward``, gradients."""
+    hooks = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return {
+        "modules": [(name, m, type(m)) for name, m in model.named_modules()],
+        "tensors": [(name, id(t)) for name, t in model.named_parameters()]
+        + [(name, id(t)) for name, t in model.named_buffers()],
+        "hooks": [len(getattr(m, h)) for m in model.modules() for h in hooks],
+        "forward": ["forward" in vars(m) for m in model.modules()],
+        "grads": [(p.grad, p._backward_hooks) for p in model.parameters()],
+        "dtypes": [(t.dtype, t.device, t.data_ptr()) for t in model.state_dict().values()],
+    }
+
+
+def _predictions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The logits of an eval-mode copy (the model itself stays in its own mixed mode)."""
+    with torch.no_grad():
+        return copy.deepcopy(model).eval()(x)
+
+
+def _zero_under_no_grad(model: nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        model.features[0].weight.zero_()
+
+
+def _zero_through_data(model: nn.Module, x: torch.Tensor) -> None:
+    model.head[2].weight.data.zero_()
+
+
+def _assign_data(model: nn.Module, x: torch.Tensor) -> None:
+    model.head[2].weight.data = torch.zeros_like(model.head[2].weight)
+
+
+def _to_half(model: nn.Module, x: torch.Tensor) -> None:
+    model.half()
+
+
+def _train_mode_forward(model: nn.Module, x: torch.Tensor) -> None:
+    model.train()
+    with torch.no_grad():
+        model(x)
+    model.eval()
+
+
+def _swap_attribute(model: nn.Module, x: torch.Tensor) -> None:
+    model.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.MaxPool2d(2))
+
+
+def _swap_in_sequential(model: nn.Module, x: torch.Tensor) -> None:
+    model.head[2] = nn.Linear(64, 10)  # a fresh layer, in train mode
+
+
+def _add_forward_hook(model: nn.Module, x: torch.Tensor) -> None:
+    model.features.register_forward_hook(lambda module, args, out: out * 0)
+
+
+def _patch_forward(model: nn.Module, x: torch.Tensor) -> None:
+    model.forward = lambda inputs: torch.zeros(len(inputs), 10)
+
+
+def _leave_a_gradient(model: nn.Module, x: torch.Tensor) -> None:
+    model.head[2].weight.grad = torch.ones_like(model.head[2].weight)
+
+
+HOSTILE = {
+    "zero-under-no-grad": (
+        _zero_under_no_grad,
+        "changed the model's parameter 'features.0.weight' (restored)",
+    ),
+    "data-zero": (_zero_through_data, "changed the model's parameter 'head.2.weight' (restored)"),
+    "data-assign": (_assign_data, "changed the model's parameter 'head.2.weight' (restored)"),
+    "half": (
+        _to_half,
+        "changed the dtype of the model's parameter 'features.0.weight' "
+        "(torch.float32 → torch.float16) (restored)",
+    ),
+    "train-mode-forward": (
+        _train_mode_forward,
+        "changed the model's buffer 'features.1.running_mean' "
+        "(did it run the model in train mode?) (restored)",
+    ),
+    "swap-attribute": (_swap_attribute, "replaced submodule 'features' (restored)"),
+    "swap-in-sequential": (_swap_in_sequential, "replaced submodule 'head.2' (restored)"),
+    "forward-hook": (_add_forward_hook, "registered a forward hook on 'features' (removed)"),
+    "patched-forward": (_patch_forward, "replaced the forward method of the model (restored)"),
+    "gradient": (_leave_a_gradient, "changed the gradient of parameter 'head.2.weight' (restored)"),
+}
+
+
+class Hostile(Attack):
+    """Does something to the model (``self.act``), then returns the clean batch."""
+
+    name = "hostile"
+    act = staticmethod(_zero_under_no_grad)
+
+    def run(self, model, x, y):
+        self.act(model, x)
+        return x
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_a_hostile_attack_fails_and_the_model_comes_back_exactly(kind: str) -> None:
+    act, message = HOSTILE[kind]
+    model, (x, y) = _model(), _batch()
+    before, structure, logits = _snapshot(model), _structure(model), _predictions(model, x)
+    attack = Hostile(ThreatModel("linf", 0.1))
+    attack.act = act
+
+    with pytest.raises(ContractError) as err:
+        craft(attack, model, x, y)
+
+    assert str(err.value) == f"attack 'hostile' {message}"
+    _assert_unchanged(model, before)
+    assert _structure(model) == structure
+    assert torch.equal(_predictions(model, x), logits)
+    craft(CallsBackward(ThreatModel("linf", 0.1)), model, x, y)  # fit for the next attack
+    _assert_unchanged(model, before)
+
+
+class Raising(Attack):
+    """Broken twice: zeroes a layer, then raises (``KeyboardInterrupt`` with ``interrupt``)."""
+
+    name = "raising"
+    interrupt = False
+
+    def run(self, model, x, y):
+        with torch.no_grad():
+            model.head[2].weight.zero_()
+        raise KeyboardInterrupt if self.interrupt else RuntimeError("kaboom")
+
+
+def test_an_attack_that_raises_after_a_change_still_leaves_the_model_as_it_was() -> None:
+    model, (x, y) = _model(), _batch()
+    before = _snapshot(model)
+    with pytest.raises(ContractError) as e:
+        craft(Raising(ThreatModel("linf", 0.1)), model, x, y)
+    assert (
+        str(e.value) == "attack 'raising' changed the model's parameter 'head.2.weight' (restored)"
+    )
+    assert isinstance(e.value.__cause__, RuntimeError)  # the attack's own error is kept
+    _assert_unchanged(model, before)
+
+    attack = Raising(ThreatModel("linf", 0.1))
+    attack.interrupt = True
+    with pytest.raises(KeyboardInterrupt):  # an interrupt goes through, the model restored
+        craft(attack, model, x, y)
+    _assert_unchanged(model, before)
+
+
+class ForwardOnly(Attack):
+    """Harmless: runs the model (under autograd) and returns the clean batch."""
+
+    name = "forward-only"
+
+    def run(self, model, x, y):
+        x.requires_grad_(True)
+        nn.functional.cross_entropy(model(x), y).backward()
+        return x.detach()
+
+
+def test_nan_weights_are_not_mistaken_for_a_change() -> None:
+    model, (x, y) = _model(), _batch()
+    with torch.no_grad():
+        model.head[2].weight[0, :3] = float("nan")
+        model.features[1].running_var[1] = float("nan")
+    before = _snapshot(model)
+    craft(ForwardOnly(ThreatModel("linf", 0.1)), model, x, y)  # no ContractError
+    for key, value in before["state"].items():
+        assert torch.equal(
+            model.state_dict()[key].view(-1).view(torch.uint8), value.view(-1).view(torch.uint8)
+        ), key
+
+
+def test_a_harmless_attack_leaves_the_weights_untouched_for_a_graph_built_before_it() -> None:
+    model, (x, y) = _model(), _batch()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    loss = model(x).sum()  # as in adversarial training: a graph that saved the weights
+    craft(ForwardOnly(ThreatModel("linf", 0.1)), model, x, y)
+    loss.backward()  # no "modified by an inplace operation": nothing was written back
+    assert all(p.grad is not None for p in model.parameters())
+
+
+class ZeroesGrad(Attack):
+    """Habitual: calls ``model.zero_grad()``, as many attack implementations do."""
+
+    name = "zeroes-grad"
+
+    def run(self, model, x, y):
+        model.zero_grad()
+        return x
+
+
+def test_zero_grad_in_an_attack_is_harmless_and_the_gradients_come_back() -> None:
+    model, (x, y) = _model(), _batch()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    nn.functional.cross_entropy(model(x), y).backward()  # stale gradients, as in training
+    grads = [p.grad for p in model.parameters()]
+    craft(ZeroesGrad(ThreatModel("linf", 0.1)), model, x, y)  # no ContractError
+    assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))

@@ -28,10 +28,10 @@ def test_speed_script_tiny(tmp_path: Path, one_thread) -> None:
     # an empty data root: the script falls back to scikit-learn's bundled digits (small-cnn)
     argv = ["--data-root", str(tmp_path / "no-data"), "--device", "cpu", "--n", "32"]
     argv += ["--repeats", "1", "--train-examples", "128", "--batch", "16", "-o", str(out)]
-    speed.main(argv)
+    speed.main([*argv, "--contract-batch", "2"])
 
     df = pd.read_csv(out)
-    assert set(df["section"]) == {"evaluation", "adapter", "training"}
+    assert set(df["section"]) == {"evaluation", "adapter", "training", "contract"}
     assert (df["seconds"] > 0).all()
     acc = df["robust_accuracy"].dropna()
     assert len(acc) and acc.between(0, 100).all()
@@ -67,3 +67,24 @@ def test_speed_script_tiny(tmp_path: Path, one_thread) -> None:
     standard = training[training["what"].str.startswith("standard")]
     assert len(standard) == 2  # fp32 and bf16+cl, each the unit of its setting
     assert all(math.isclose(r, 1.0) for r in standard["ratio_or_speedup"])
+
+
+def test_speed_script_contract_section_alone(tmp_path: Path, one_thread) -> None:
+    speed = _load_script()
+    out = tmp_path / "contract.csv"
+    argv = ["--data-root", str(tmp_path / "no-data"), "--device", "cpu", "--sections", "contract"]
+    argv += ["--n", "8", "--batch", "8", "--repeats", "1", "--contract-batch", "2", "-o", str(out)]
+    speed.main(argv)
+
+    df = pd.read_csv(out)
+    assert set(df["section"]) == {"contract"}
+    assert (df["seconds"] > 0).all()
+    assert df["model"].str.startswith("small-cnn").sum() == 3  # digits: check, direct, craft
+    assert df["model"].str.startswith("preact-resnet18").sum() == 2  # check, forward-backward
+    checks = df[df["tool"] == "robench contract"]
+    assert len(checks) == 2 and set(checks["target_met"]) <= {"yes", "no"}
+    # the check's share of an attack call, in percent of it
+    assert all(map(math.isclose, checks["overhead_pct"], 100 * checks["ratio_or_speedup"]))
+    assert (checks["overhead_pct"] > 0).all()
+    craft = df[df["tool"] == "robench craft"].iloc[0]
+    assert math.isclose(craft["overhead_pct"], 100 * (craft["ratio_or_speedup"] - 1))
