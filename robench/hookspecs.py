@@ -16,9 +16,10 @@ among these. Each hook receives a ``register`` callable; call it once per class 
 
 Installed plugins are found through the ``robench`` entry-point group
 (``[project.entry-points.robench] my_plugin = "my_package.plugin"``). Names must be unique
-across all plugins: a clash is an error naming both plugins. Hooks are always called with
-keyword arguments, so new arguments may be added to a spec without breaking implementations
-that take fewer.
+across all plugins: on a clash the later plugin is left out and reported in one line naming
+both (as is a plugin whose import or hooks raise: it fails alone, the others keep working).
+Hooks are always called with keyword arguments, so new arguments may be added to a spec
+without breaking implementations that take fewer.
 """
 
 from __future__ import annotations
