@@ -84,7 +84,12 @@ def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 def read_results(path: str | Path) -> pd.DataFrame:
     """Read a results CSV written by robench, with numeric columns typed."""
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    try:
+        df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        msg = f"{path}: not a robench results table (unreadable as CSV: {why})"
+        raise ValueError(msg) from None
     missing = [c for c in ("defense", "kind", "norm", "eps", "accuracy") if c not in df.columns]
     if missing:
         raise ValueError(f"{path}: not a robench results table (missing {', '.join(missing)})")

@@ -178,3 +178,13 @@ def test_kill_stops_a_run_with_its_finished_cells_and_status_interrupted(tmp_pat
     rows = pd.read_csv(out / "results.partial.csv")
     assert len(rows) >= 3 and (rows["status"] == "ok").all()
     assert not (out / "results.csv").exists()
+
+
+def test_leaderboard_of_a_file_that_is_no_csv_is_one_line(tmp_path):
+    for name, data in (("binary.csv", bytes(range(256)) * 4), ("empty.csv", b"")):
+        path = tmp_path / name
+        path.write_bytes(data)
+        result = CliRunner().invoke(main, ["leaderboard", str(path)])
+        assert result.exit_code == 2, result.output
+        (line,) = result.output.strip().splitlines()
+        assert line.startswith(f"Error: {path}: not a robench results table")
