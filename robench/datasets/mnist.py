@@ -122,7 +122,7 @@ def _read_legacy(path: Path, *, mmap: bool = False) -> tuple[torch.Tensor, torch
 
 
 class MNIST(Dataset):
-    """MNIST handwritten digits (60,000 train / 10,000 test, 1×28×28) via torchvision."""
+    """MNIST handwritten digits (60,000 train / 10,000 test, 1×28×28), downloaded by torchvision."""
 
     name = "mnist"
 
@@ -175,7 +175,7 @@ class MNIST(Dataset):
             num_classes=10,
             mean=(0.1307,),
             std=(0.3081,),
-            note=f"MNIST via torchvision ({where}), exact",
+            note=f"MNIST, torchvision's files ({where}), exact",
             test_size=test_size,
         )
 
