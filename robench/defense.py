@@ -68,6 +68,9 @@ class Defense(Plugin):
     """Base class of defense plugins. Subclasses implement :meth:`fit`."""
 
     kind: ClassVar[str] = "defense"
+    #: False for a defense that loads a model trained elsewhere (``checkpoint``): ``fit`` then
+    #: trains nothing, and the training settings do not apply to it
+    trains: ClassVar[bool] = True
     #: training settings this defense uses unless the benchmark sets them (e.g. Fast AT's
     #: ``{"schedule": "cyclic"}``); applied when a benchmark is loaded (so results record them)
     #: and by :meth:`TrainContext.with_training_defaults` in the defense's own ``fit``

@@ -27,6 +27,7 @@ LIBRARIES = (
     "pydantic",
     "pluggy",
     "scikit-learn",
+    "safetensors",
     "adversarial-robustness-toolbox",
     "foolbox",
 )

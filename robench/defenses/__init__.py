@@ -6,6 +6,7 @@ from robench import hookimpl
 @hookimpl
 def robench_register_defenses(register):
     from robench.defenses.adversarial import AdversarialTraining
+    from robench.defenses.checkpoint import Checkpoint
     from robench.defenses.fast_at import FastAT
     from robench.defenses.mixed import MixedTraining
     from robench.defenses.pgd_at import PGDAT
@@ -16,3 +17,4 @@ def robench_register_defenses(register):
     register(MixedTraining)
     register(FastAT)
     register(PGDAT)
+    register(Checkpoint)
