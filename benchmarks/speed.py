@@ -6,8 +6,13 @@ evaluation
     Robust accuracy of one model at L∞ ε (default 0.1) on the first ``--n`` test images
     (default 1000), PGD-20 with step α = 2.5·ε/20 and a random start, six ways:
 
-    - robench: ``robench.evaluation.evaluate`` with [FGSM, PGD-20] in cascade (cheapest first,
-      each on the examples still robust, PGD with early stopping): what ``robench run`` does;
+    - robench: ``robench.evaluation.evaluate`` with [FGSM, PGD-20] and ``cascade=True``,
+      which scores with the runner's own engine (``robench.scoring.Scorer``): exactly what
+      ``robench run`` runs with ``[evaluation] cascade = true`` (as ``cifar.toml`` sets) and
+      ``batch_size = --batch``, the other settings at their defaults: per budget FGSM first on
+      every example (the clean-misclassified ones too, for the robust ≤ clean check), then
+      early-stopping PGD-20 on the examples FGSM left robust, each attack seeded with its cell
+      seed (``robench.reproducibility.cell_seed``, from the round's seed);
     - robench bf16+cl: the same with ``precision="bf16"`` (gradients under bfloat16 autocast;
       early stops confirmed and examples scored in fp32) on a channels_last copy of the model
       and images: ``[evaluation] precision = "bf16"`` and ``channels_last = true``;
@@ -65,8 +70,9 @@ robust accuracies are the mean over the timed runs. The targets (``target``/``ta
 - evaluation: ≥ 3× faster than torchattacks, and not slower than ART or Foolbox, at a robust
   accuracy no higher than theirs (robench's attacks must be at least as strong), robench in
   either setting against the library as its users call it (fp32). Each run draws its own
-  random starts (the same seed for every tool of a round, but robench draws them only for the
-  examples FGSM left robust), so robust accuracies vary from run to run
+  random starts (from the same seed for every tool of a round; robench reseeds each attack
+  with a cell seed derived from it, and draws them only for the examples FGSM left robust),
+  so robust accuracies vary from run to run
   (``robust_accuracy_sd``, in points): the comparison is of means, without tolerance;
 - adapter: within 10 % of the library called directly;
 - training: an FGSM-RS epoch ≤ 2.5× a standard one, a PGD-10 epoch ≤ 8×, in each setting;
@@ -318,11 +324,22 @@ def robench_eval(model, x, y, eps, alpha, batch, bounds, fast: bool = False) -> 
     precision = "bf16" if fast else "fp32"
     if fast:
         model, x = channels_last(model, x)
-    return lambda: (
-        evaluate(
-            model, x, y, attacks, batch_size=batch, cascade=True, precision=precision
+
+    def run() -> float:
+        # robench run with [evaluation] cascade = true, batch_size = batch (and for the fast
+        # row precision = "bf16", channels_last = true); the round's seed as the training seed
+        return evaluate(
+            model,
+            x,
+            y,
+            attacks,
+            batch_size=batch,
+            cascade=True,
+            precision=precision,
+            seed=torch.initial_seed(),
         ).robust_accuracy
-    )
+
+    return run
 
 
 def torchattacks_eval(model, x, y, eps, alpha, batch, bounds, fast: bool = False) -> Fn:
@@ -387,7 +404,7 @@ def foolbox_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
 
 
 WHAT = {
-    "robench": "evaluate: FGSM → PGD-{steps} cascade, early stop",
+    "robench": "robench run, cascade = true: FGSM → PGD-{steps}, early stop",
     FAST_ROBENCH: "the same, bf16 gradients (fp32 verdicts), channels_last",
     "torchattacks": "PGD-{steps}, random start, all examples",
     FAST_TA: "the same under bf16 autocast, channels_last (a wrapper, not an option)",

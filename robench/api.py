@@ -2,7 +2,8 @@
 
 from robench.api import Attack, Defense, Model, Dataset, Params, ThreatModel
 
-It also holds :func:`evaluate`, the robust accuracy of a model of your own under attacks.
+It also holds :func:`evaluate`, the robust accuracy of a model of your own under attacks, scored
+as ``robench run`` scores a defense (:class:`AttackOutcome`: one attack at one budget).
 """
 
 from robench.attack import Attack, Crafted, attack_mode, craft
@@ -13,12 +14,14 @@ from robench.evaluation import Evaluation, evaluate
 from robench.model import Model, Normalize
 from robench.plugin import NoParams, Params, Plugin
 from robench.precision import Precision, full_precision, gradient_autocast, reduced
+from robench.scoring import AttackOutcome
 from robench.specs import AttackSpec, Epsilon, NormName
 from robench.threat import ThreatModel
 from robench.training import TrainingConfig, train_loop
 
 __all__ = [
     "Attack",
+    "AttackOutcome",
     "AttackSpec",
     "ConfigError",
     "ContractError",

@@ -1,85 +1,31 @@
-"""Scoring a trained model: clean accuracy and robust accuracy under one attack."""
+"""The robust accuracy of a model of one's own: :func:`evaluate`, a thin wrapper over the
+benchmark's scoring engine (:mod:`robench.scoring`)."""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from robench.attack import Attack, craft
-from robench.precision import Precision, attack_precision
+from robench.attack import Attack
+from robench.precision import Precision
+from robench.reproducibility import cell_seed
+from robench.schema import EvaluationConfig
+from robench.scoring import AttackOutcome, Cell, Scorer, attack_outcome, cascade_cost, predict
 
+__all__ = [
+    "AttackOutcome",
+    "Evaluation",
+    "attack_outcome",
+    "cascade_cost",
+    "evaluate",
+    "predict",
+]
 
-@torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    """Predicted labels, in eval mode, batch by batch (``x`` already on the model's device)."""
-    was_training = model.training
-    model.eval()
-    try:
-        return torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
-    finally:
-        model.train(was_training)
-
-
-@dataclass(frozen=True)
-class AttackOutcome:
-    #: per example: still classified correctly after the attack (False where clean was wrong)
-    robust: torch.Tensor
-    n_violations: int
-    max_violation: float
-    #: per example: the adversarial example is classified correctly, clean-misclassified
-    #: examples attacked too (None where only the clean-correct ones were attacked)
-    adv_correct: torch.Tensor | None = None
-    #: examples the attack was run on
-    n_attacked: int = 0
-
-
-def attack_outcome(
-    model: nn.Module,
-    attack: Attack,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    clean_correct: torch.Tensor,
-    batch_size: int,
-    keep: torch.Tensor | None = None,
-    source: nn.Module | None = None,
-    misclassified: bool = False,
-    precision: Precision = "fp32",
-) -> AttackOutcome:
-    """Attack the clean-correct examples (``clean_correct``: or any subset to attack, such as
-    those still robust in a cascade) and report which stay correct.
-
-    With ``misclassified``, the clean-misclassified examples are attacked too and
-    ``adv_correct`` tells, for every example, whether its adversarial example is classified
-    correctly: the raw accuracy under attack, which a sound attack keeps at or below clean
-    accuracy (the robust ≤ clean check). With ``keep`` (a tensor shaped like ``x``), the
-    adversarial examples are written into it. With ``source``, a transfer attack: the examples
-    are crafted on ``source`` and scored on ``model``. ``precision`` is the precision of the
-    attack's gradient passes (:mod:`robench.precision`); the scoring is in the model's own.
-
-    An example misclassified without attack counts as not robust (as in AutoAttack and
-    RobustBench), so robust accuracy can never exceed clean accuracy by construction.
-    """
-    adv_correct = torch.zeros_like(clean_correct)
-    idx = torch.arange(len(x), device=x.device) if misclassified else clean_correct.nonzero()
-    n_bad, worst = 0, 0.0
-    for chunk in idx.flatten().split(batch_size):
-        with attack_precision(precision):
-            crafted = craft(attack, source if source is not None else model, x[chunk], y[chunk])
-        n_bad += crafted.n_violations
-        worst = max(worst, crafted.max_excess)
-        adv_correct[chunk] = predict(model, crafted.x_adv, batch_size) == y[chunk]
-        if keep is not None:
-            keep[chunk] = crafted.x_adv
-    return AttackOutcome(
-        clean_correct & adv_correct,
-        n_bad,
-        worst,
-        adv_correct if misclassified else None,
-        len(idx),
-    )
+#: ``[evaluation]``'s defaults, which are :func:`evaluate`'s too
+_DEFAULTS = EvaluationConfig()
 
 
 @dataclass(frozen=True)
@@ -88,12 +34,17 @@ class Evaluation:
 
     #: per example: classified correctly without attack
     clean: torch.Tensor
-    #: per example: robust to every attack (the per-example worst case)
+    #: per example: robust to every attack (the per-example worst case, over every budget)
     robust: torch.Tensor
-    #: per attack, in the order run: robust to it (cascade: to it and every attack before it)
+    #: per attack, in the order run: robust to it (cascade: to it and every earlier attack of
+    #: its budget); keyed by label, with ' appended to a label seen before (at another budget)
     per_attack: dict[str, torch.Tensor]
-    #: per attack: the examples it ran on
+    #: per attack (keyed as ``per_attack``): the examples it ran on
     n_attacked: dict[str, int]
+    #: per cell (label, norm, ε), in the order run: its whole outcome, as the runner records it
+    #: (``robust`` is the per-example vector of ``outcomes.npz``, ``adv_correct`` gives the
+    #: ``adv_accuracy`` column)
+    outcomes: dict[tuple[str, str, float], AttackOutcome]
 
     @property
     def clean_accuracy(self) -> float:
@@ -104,47 +55,79 @@ class Evaluation:
         return self.robust.float().mean().item()
 
 
-def cascade_cost(attack: Attack) -> float:
-    """Where ``attack`` goes in a cascade: by :meth:`Attack.cost`, minimisation attacks last
-    (in a benchmark their one run at ε = ∞ covers every budget, on every clean-correct
-    example, so nothing is saved by running them earlier)."""
-    return math.inf if attack.minimizes else attack.cost()
+def _cells(attacks: Sequence[Attack | tuple[str, Attack]], seed: int, defense: str) -> list[Cell]:
+    """The attacks as cells: labelled (by name unless given), seeded as the runner seeds."""
+    cells: list[Cell] = []
+    config: dict[tuple[str, str], str] = {}  # (label, norm) → the attack's class and parameters
+    for item in attacks:
+        label, attack = item if isinstance(item, tuple) else (item.name, item)
+        norm, eps = attack.threat.norm, attack.threat.eps
+        # a label names one attack configuration per norm, once per budget
+        while (label, norm, eps) in {c.key for c in cells} or config.get(
+            (label, norm), repr(attack)
+        ) != repr(attack):
+            label += "'"
+        config[(label, norm)] = repr(attack)
+        cells.append(Cell.of(attack, label, cell_seed(seed, defense, label, norm, eps)))
+    return cells
 
 
 def evaluate(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    attacks: list[Attack],
+    attacks: Sequence[Attack | tuple[str, Attack]],
     *,
-    batch_size: int = 500,
-    cascade: bool = True,
-    precision: Precision = "fp32",
+    batch_size: int = _DEFAULTS.batch_size,
+    cascade: bool = _DEFAULTS.cascade,
+    attack_misclassified: bool = _DEFAULTS.attack_misclassified,
+    precision: Precision = _DEFAULTS.precision,
+    seed: int = 0,
+    defense: str = "",
 ) -> Evaluation:
-    """Robust accuracy of ``model`` on ``(x, y)`` (on the model's device) under ``attacks``.
+    """Robust accuracy of ``model`` on ``(x, y)`` (on the model's device) under ``attacks``,
+    scored exactly as ``robench run`` scores a defense (:mod:`robench.scoring`).
 
-    With ``cascade`` the attacks run cheapest first (:meth:`Attack.cost`), each only on the
-    examples every earlier attack left robust; the per-example worst case is never higher
-    than running every attack on every example (for deterministic attacks it is the same or
-    lower: an early-stopped PGD keeps adversarial points a full run may step off). Without it,
-    each attack runs on every clean-correct example and ``per_attack`` holds its own result.
-    Each attack must be built for its budget: ``PGD(ThreatModel("linf", 8 / 255), steps=20)``.
-    With ``precision="bf16"`` the native attacks compute their gradients in bfloat16
-    (:mod:`robench.precision`); every example is still scored in the model's own precision.
-    For a convolutional model, ``model.to(memory_format=torch.channels_last)`` and the same for
-    ``x`` often help as much again.
+    Each attack must be built for its budget: ``PGD(ThreatModel("linf", 8 / 255), steps=20)``;
+    give it a label with ``("pgd-20", PGD(...))`` (default: its name). The settings are
+    ``[evaluation]``'s, with its defaults:
+
+    - ``cascade`` (default False): per budget, the attacks run cheapest first
+      (:meth:`Attack.cost`), each only on the examples every earlier one left robust: the
+      worst case at a fraction of the cost, but each attack's ``per_attack`` vector is then
+      cumulative. Without it, each attack runs on every clean-correct example;
+    - ``attack_misclassified`` (default True): per budget, one attack (a cascade's first,
+      else the most expensive) also attacks the clean-misclassified examples, for the
+      robust ≤ clean check (``outcomes[...].adv_correct``); robust accuracy counts clean-correct
+      examples either way;
+    - ``precision="bf16"``: the native attacks compute their gradients in bfloat16
+      (:mod:`robench.precision`); every example is still scored in the model's own precision.
+      For a convolutional model, ``model.to(memory_format=torch.channels_last)`` and the same
+      for ``x`` often help as much again (``channels_last = true``);
+    - minimisation attacks run once at ε = ∞ and are projected into each budget's ball.
+
+    Before each attack the global generators (Python's, NumPy's, torch's) are seeded with
+    ``robench.reproducibility.cell_seed(seed, defense, label, norm, ε)``: the runner's seed
+    for that cell when ``seed`` is the training seed and ``defense`` the defense's label. With
+    those, the attacks in the runner's order (each ``[[attacks]]`` table's budgets in turn) and
+    the same settings, the outcomes are the runner's, example for example.
     """
-    clean = predict(model, x, batch_size) == y
-    order = sorted(attacks, key=cascade_cost) if cascade else list(attacks)
-    robust = clean
+    evaluation = EvaluationConfig(
+        batch_size=batch_size,
+        cascade=cascade,
+        attack_misclassified=attack_misclassified,
+        precision=precision,
+    )
+    scorer = Scorer(evaluation, model, x, y, _cells(attacks, seed, defense))
+    robust = scorer.clean
+    outcomes: dict[tuple[str, str, float], AttackOutcome] = {}
     per_attack: dict[str, torch.Tensor] = {}
     n_attacked: dict[str, int] = {}
-    for attack in order:
-        name = attack.name
+    for cell in scorer.order:
+        out = outcomes[cell.key] = scorer.score(cell)
+        name = cell.label
         while name in per_attack:
             name += "'"
-        targets = robust if cascade else clean
-        out = attack_outcome(model, attack, x, y, targets, batch_size, precision=precision)
         per_attack[name], n_attacked[name] = out.robust, out.n_attacked
-        robust = out.robust if cascade else robust & out.robust
-    return Evaluation(clean, robust, per_attack, n_attacked)
+        robust = robust & out.robust
+    return Evaluation(scorer.clean, robust, per_attack, n_attacked, outcomes)

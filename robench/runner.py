@@ -40,7 +40,7 @@ from robench.progress import Reporter
 from robench.registry import Entry, Registry, get_registry
 from robench.reproducibility import cell_seed, eval_indices, seed_everything
 from robench.results import ResultsWriter
-from robench.scoring import ModelScorer
+from robench.scoring import Cell, Scorer
 from robench.specs import AttackSpec
 from robench.threat import ThreatModel
 
@@ -205,17 +205,26 @@ class _Run:
         flags = self._model_flags(model, x[clean], y[clean])
         scores: list[Score] = []
         outcomes: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {}
-        scorer = ModelScorer(bench.evaluation, self.info, model, x, y, clean, self._source)
-        for a, eps in scorer.order(cells) + sanity_cells:
+        uses = {(a.label, a.norm, eps): a for a, eps in cells + sanity_cells}
+        scorer = Scorer(
+            bench.evaluation,
+            model,
+            x,
+            y,
+            [self._cell(base, a, eps) for a, eps in cells + sanity_cells],
+            clean=clean,
+            source_of=self._source,
+        )
+        for cell in scorer.order:
+            a, eps, sanity = uses[cell.key], cell.eps, cell.sanity
             row = self._attack_row(base, a, eps)
-            sanity = a.label.startswith(SANITY_PREFIX)
             if sanity:
                 row["kind"] = "sanity"
             t1 = time.perf_counter()
             try:
-                out, chain = scorer.score(a, eps, row["seed"], sanity)
-                if chain:
-                    row["attacks"] = "+".join(chain)
+                out = scorer.score(cell)
+                if out.chain:
+                    row["attacks"] = "+".join(out.chain)
                 row["n_attacked"] = out.n_attacked
                 n_robust = int(out.robust.sum())
                 adv = None if out.adv_correct is None else int(out.adv_correct.sum()) / len(y)
@@ -285,13 +294,30 @@ class _Run:
         except Exception as exc:
             return [f"model checks failed: {type(exc).__name__}: {exc}".splitlines()[0]]
 
-    def _source(self, a: AttackUse) -> torch.nn.Module | None:
-        """The model a transfer attack crafts on (None: white-box, the defense's own)."""
-        if not a.source:
-            return None
-        if a.source not in self.sources:
-            raise RuntimeError(f"source defense {a.source!r} has no trained model (it failed)")
-        return self.sources[a.source]
+    def _source(self, label: str) -> torch.nn.Module:
+        """The model a transfer attack crafts on: defense ``label``'s."""
+        if label not in self.sources:
+            raise RuntimeError(f"source defense {label!r} has no trained model (it failed)")
+        return self.sources[label]
+
+    def _cell(self, base: dict[str, Any], a: AttackUse, eps: float) -> Cell:
+        """Attack ``a`` at ``eps`` on the defense of ``base``, as the scorer runs it."""
+        return Cell(
+            a.label,
+            a.norm,
+            eps,
+            self._seed(base, a, eps),
+            lambda e: a.instantiate(ThreatModel(a.norm, e, self.info.bounds)),
+            a.entry.cls.minimizes,
+            self.info.bounds,
+            a.source,
+            a.label.startswith(SANITY_PREFIX),
+        )
+
+    @staticmethod
+    def _seed(base: dict[str, Any], a: AttackUse, eps: float) -> int:
+        """The cell's seed, from the training seed and the cell's identity."""
+        return cell_seed(base["train_seed"], base["defense"], a.label, a.norm, eps)
 
     def _train(self, d: DefenseUse, seed: int, train: Data, ev: Data):
         """Build and train the defense's model with ``seed``; return it with the evaluation set
@@ -315,7 +341,7 @@ class _Run:
         return model, x, y, predict(model, x, bench.evaluation.batch_size) == y
 
     def _attack_row(self, base: dict[str, Any], a: AttackUse, eps: float) -> dict[str, Any]:
-        seed = cell_seed(base["train_seed"], base["defense"], a.label, a.norm, eps)
+        seed = self._seed(base, a, eps)
         return base | {
             "kind": "attack",
             "attack": a.label,

@@ -1,82 +1,266 @@
-"""Scoring one trained model cell by cell: each attack at each budget, in a cascade or not."""
+"""Scoring a trained model: the one engine behind ``robench run`` and :func:`robench.api.evaluate`.
+
+A *cell* is one attack at one budget (norm, ε) with its seed. :class:`Scorer` runs the cells of
+one model on its evaluation set ``(x, y)`` under the ``[evaluation]`` settings
+(:class:`~robench.schema.EvaluationConfig`; the same defaults for both entry points):
+
+- every attack runs on the examples classified correctly without attack; an example
+  misclassified clean counts as not robust (as in AutoAttack and RobustBench), so robust
+  accuracy can never exceed clean accuracy;
+- ``cascade``: per budget, the attacks run cheapest first (:func:`cascade_cost`), each only on
+  the examples every earlier one of its budget left robust; each outcome is then cumulative
+  (robust to it and every attack before it). Transfer and sanity attacks stay outside it;
+- ``attack_misclassified``: per budget, ONE attack also attacks the clean-misclassified
+  examples, for the robust ≤ clean check (its ``adv_correct``, the ``adv_accuracy`` column):
+  in a cascade the first (it runs on every clean-correct example anyway), otherwise the most
+  expensive by :func:`cascade_cost`, the first of them in run order on a tie (the strongest
+  attack, whose number the worst case rests on). The other attacks of that budget run on the
+  clean-correct examples only and have no ``adv_correct`` (None). Transfer and sanity attacks
+  attack the misclassified examples too, each (they have a protocol of their own);
+- minimisation attacks (:attr:`Attack.minimizes`) run once per model with ε = ∞, on every
+  clean-correct example, seeded with the seed of their first cell in run order; every budget
+  projects that result into its ε-ball;
+- before each attack runs, the global generators are seeded with the cell's seed
+  (:func:`robench.reproducibility.seed_everything`); the runner derives it as
+  ``cell_seed(training seed, defense label, attack label, norm, ε)``, and so does
+  :func:`robench.api.evaluate` from its ``seed`` and ``defense`` arguments.
+
+So ``evaluate()`` on a model gives the same per-example outcomes as a benchmark run of that
+model, given the same attacks (labels, order, parameters), settings and seeds.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
 
-from robench.config import AttackUse
-from robench.dataset import DatasetInfo
-from robench.evaluation import AttackOutcome, attack_outcome, cascade_cost, predict
+from robench.attack import Attack, craft
+from robench.precision import Precision, attack_precision
 from robench.reproducibility import seed_everything
 from robench.schema import EvaluationConfig
 from robench.threat import ThreatModel
 
-Cell = tuple[AttackUse, float]
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Predicted labels, in eval mode, batch by batch (``x`` already on the model's device)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model(xb).argmax(1) for xb in x.split(batch_size)])
+    finally:
+        model.train(was_training)
 
 
-class ModelScorer:
-    """The attack cells of one trained model on the evaluation set ``(x, y)``.
+@dataclass(frozen=True)
+class AttackOutcome:
+    """What one attack at one budget did to the evaluation set."""
 
-    It keeps what the cells share: in a cascade, per budget the examples still robust and the
-    attacks run so far; per minimisation attack, its one run at ε = ∞ (every budget projects
-    it). ``source_of(a)`` is the model a transfer attack crafts on (None: the model itself).
+    #: per example: still classified correctly after the attack (False where clean was wrong);
+    #: in a cascade: after it and every earlier attack of its budget (``chain``)
+    robust: torch.Tensor
+    #: examples whose raw attack output left the ε-ball or the bounds, and the largest excess
+    n_violations: int
+    max_violation: float
+    #: per example: the adversarial example is classified correctly, the clean-misclassified
+    #: examples attacked too (the robust ≤ clean check); None where this attack ran on the
+    #: clean-correct examples only
+    adv_correct: torch.Tensor | None = None
+    #: examples the attack was run on (a minimisation attack: at its one run, else 0)
+    n_attacked: int = 0
+    #: in a cascade: the labels of the attacks ``robust`` is robust to, in run order (this one
+    #: last); empty outside a cascade
+    chain: tuple[str, ...] = ()
+
+
+def attack_outcome(
+    model: nn.Module,
+    attack: Attack,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    clean_correct: torch.Tensor,
+    batch_size: int,
+    keep: torch.Tensor | None = None,
+    source: nn.Module | None = None,
+    misclassified: bool = False,
+    precision: Precision = "fp32",
+) -> AttackOutcome:
+    """Attack the clean-correct examples (``clean_correct``: or any subset to attack, such as
+    those still robust in a cascade) and report which stay correct.
+
+    With ``misclassified``, every example is attacked (the clean-misclassified ones too) and
+    ``adv_correct`` tells, for every example, whether its adversarial example is classified
+    correctly: the raw accuracy under attack, which a sound attack keeps at or below clean
+    accuracy (the robust ≤ clean check). With ``keep`` (a tensor shaped like ``x``), the
+    adversarial examples are written into it. With ``source``, a transfer attack: the examples
+    are crafted on ``source`` and scored on ``model``. ``precision`` is the precision of the
+    attack's gradient passes (:mod:`robench.precision`); the scoring is in the model's own.
+    """
+    adv_correct = torch.zeros_like(clean_correct)
+    idx = torch.arange(len(x), device=x.device) if misclassified else clean_correct.nonzero()
+    n_bad, worst = 0, 0.0
+    for chunk in idx.flatten().split(batch_size):
+        with attack_precision(precision):
+            crafted = craft(attack, source if source is not None else model, x[chunk], y[chunk])
+        n_bad += crafted.n_violations
+        worst = max(worst, crafted.max_excess)
+        adv_correct[chunk] = predict(model, crafted.x_adv, batch_size) == y[chunk]
+        if keep is not None:
+            keep[chunk] = crafted.x_adv
+    return AttackOutcome(
+        clean_correct & adv_correct,
+        n_bad,
+        worst,
+        adv_correct if misclassified else None,
+        len(idx),
+    )
+
+
+def cascade_cost(attack: Attack) -> float:
+    """Where ``attack`` goes in a cascade: by :meth:`Attack.cost`, minimisation attacks last
+    (their one run at ε = ∞ covers every budget, on every clean-correct example, so nothing is
+    saved by running them earlier)."""
+    return math.inf if attack.minimizes else attack.cost()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One attack at one budget, with the seed it runs under."""
+
+    #: the attack's label: with ``norm`` it names one attack configuration (a benchmark's
+    #: ``[[attacks]]`` table), which may be scored at several ε
+    label: str
+    norm: str
+    eps: float
+    seed: int
+    #: the attack built for a budget ε of ``norm`` (``math.inf`` for a minimisation attack)
+    build: Callable[[float], Attack]
+    minimizes: bool = False
+    #: the data's bounds (a minimisation attack's result is projected into each ε-ball)
+    bounds: tuple[float, float] = (0.0, 1.0)
+    #: a transfer attack: the label of the defense whose model it crafts on ("" white-box)
+    source: str = ""
+    #: a sanity attack of the trust checks (:func:`robench.checks.sanity_attacks`)
+    sanity: bool = False
+
+    @property
+    def budget(self) -> tuple[str, float]:
+        return self.norm, self.eps
+
+    @property
+    def key(self) -> tuple[str, str, float]:
+        return self.label, self.norm, self.eps
+
+    @classmethod
+    def of(cls, attack: Attack, label: str, seed: int) -> Cell:
+        """``attack`` (built for its budget) as a cell; at another ε (a minimisation attack's
+        run at ε = ∞) the same class with the same parameters."""
+        threat = attack.threat
+
+        def build(eps: float) -> Attack:
+            if eps == threat.eps:
+                return attack
+            return type(attack)(ThreatModel(threat.norm, eps, threat.bounds), attack.params)
+
+        return cls(label, threat.norm, threat.eps, seed, build, attack.minimizes, threat.bounds)
+
+
+def _cost(cell: Cell) -> float | None:
+    """:func:`cascade_cost` of the cell's attack; None if it cannot be built."""
+    try:
+        return cascade_cost(cell.build(cell.eps))
+    except Exception:
+        return None
+
+
+def _or_inf(cost: float | None) -> float:
+    return math.inf if cost is None else cost
+
+
+class Scorer:
+    """The attack cells of one trained model on the evaluation set ``(x, y)`` (on the model's
+    device), under the ``[evaluation]`` settings ``evaluation`` (batch_size, cascade,
+    attack_misclassified, precision; the caller puts model and ``x`` in channels_last).
+
+    ``order`` holds the cells in the order to run them (the module docstring says which);
+    :meth:`score` runs one, and must be called in that order (a cell that raised may be
+    skipped). ``clean`` (computed if not given) says which examples are classified correctly
+    without attack. ``source_of(label)`` is the model a transfer attack crafts on.
     """
 
     def __init__(
         self,
         evaluation: EvaluationConfig,
-        info: DatasetInfo,
         model: nn.Module,
         x: torch.Tensor,
         y: torch.Tensor,
-        clean: torch.Tensor,
-        source_of: Callable[[AttackUse], nn.Module | None],
+        cells: Sequence[Cell],
+        *,
+        clean: torch.Tensor | None = None,
+        source_of: Callable[[str], nn.Module] | None = None,
     ) -> None:
-        self.evaluation, self.info = evaluation, info
-        self.model, self.x, self.y, self.clean = model, x, y, clean
+        self.evaluation = evaluation
+        self.model, self.x, self.y = model, x, y
+        self.clean = predict(model, x, evaluation.batch_size) == y if clean is None else clean
         self.source_of = source_of
+        own = [c for c in cells if not c.sanity]
+        # the attack's cost; None where it cannot be built (it fails when scored, recorded)
+        cost = {c.key: _cost(c) for c in own}
+        if evaluation.cascade:
+            own.sort(key=lambda c: (c.norm, c.eps, _or_inf(cost[c.key])))
+        #: the cells in the order to run: the benchmark's own (in a cascade by budget, then
+        #: by cost), then the sanity attacks
+        self.order: list[Cell] = own + [c for c in cells if c.sanity]
+        #: per budget: the attack that also attacks the clean-misclassified examples
+        self.misclassified_by: dict[tuple[str, float], tuple[str, str, float]] = {}
+        best: dict[tuple[str, float], float] = {}
+        for c in own if evaluation.attack_misclassified else ():
+            here = cost[c.key]
+            if c.source or here is None:
+                continue  # a transfer attack attacks them itself
+            if c.budget not in best or (not evaluation.cascade and here > best[c.budget]):
+                self.misclassified_by[c.budget], best[c.budget] = c.key, here
         #: cascade: per budget, the examples robust to every attack so far, and those attacks
-        self.alive: dict[tuple[str, float], tuple[torch.Tensor, list[str]]] = {}
-        #: per minimisation attack: its adversarial examples at ε = ∞ and that run's outcome
-        self.minimal: dict[str, tuple[torch.Tensor, AttackOutcome]] = {}
+        self.alive: dict[tuple[str, float], tuple[torch.Tensor, tuple[str, ...]]] = {}
+        #: per minimisation attack (label, norm): its adversarial examples at ε = ∞ and that
+        #: run's outcome
+        self.minimal: dict[tuple[str, str], tuple[torch.Tensor, AttackOutcome]] = {}
 
-    def order(self, cells: list[Cell]) -> list[Cell]:
-        """The cells in the order to run: as given, or in a cascade by budget, then by the
-        attack's cost (minimisation attacks last: they run once for every budget, on every
-        clean-correct example)."""
-        if not self.evaluation.cascade:
-            return list(cells)
+    def _in_cascade(self, cell: Cell) -> bool:
+        return self.evaluation.cascade and not cell.sanity and not cell.source
 
-        def cost(cell: Cell) -> float:
-            a, eps = cell
-            return cascade_cost(a.instantiate(ThreatModel(a.norm, eps, self.info.bounds)))
+    def attacks_misclassified(self, cell: Cell) -> bool:
+        """Whether ``cell`` also attacks the clean-misclassified examples (``adv_correct``)."""
+        if not self.evaluation.attack_misclassified:
+            return False
+        if cell.sanity or cell.source:
+            return True
+        return self.misclassified_by.get(cell.budget) == cell.key
 
-        return sorted(cells, key=lambda c: (c[0].norm, c[1], cost(c)))
-
-    def score(
-        self, a: AttackUse, eps: float, seed: int, sanity: bool = False
-    ) -> tuple[AttackOutcome, list[str]]:
-        """Run attack ``a`` at ``eps`` (seeded with the cell's ``seed``) and return its outcome
-        with, in a cascade, the attacks it and every earlier one of its budget make up
-        (empty outside a cascade). Sanity and transfer attacks stay outside the cascade: a
-        transfer attack keeps its own number (a protocol of its own, like NSL's)."""
-        in_cascade = self.evaluation.cascade and not sanity and not a.source
-        key = (a.norm, eps)
-        targets, before = self.alive.get(key, (self.clean, [])) if in_cascade else (self.clean, [])
-        # the misclassified examples are attacked by the first attack of a cascade only
-        everything = self.evaluation.attack_misclassified and not before
-        source = self.source_of(a)
-        if a.entry.cls.minimizes:
-            out = self._minimal(a, eps, seed, targets, everything, source)
+    def score(self, cell: Cell) -> AttackOutcome:
+        """Run ``cell`` (seeded with its seed) and return its outcome."""
+        in_cascade = self._in_cascade(cell)
+        before: tuple[str, ...] = ()
+        targets = self.clean
+        if in_cascade:
+            targets, before = self.alive.get(cell.budget, (self.clean, ()))
+        everything = self.attacks_misclassified(cell)
+        source = None
+        if cell.source:
+            if self.source_of is None:
+                raise ValueError(f"no model to craft transfer attack {cell.label!r} on")
+            source = self.source_of(cell.source)
+        if cell.minimizes:
+            out = self._minimal(cell, targets, everything, source)
         else:
-            seed_everything(seed)
+            seed_everything(cell.seed)
             out = attack_outcome(
                 self.model,
-                a.instantiate(ThreatModel(a.norm, eps, self.info.bounds)),
+                cell.build(cell.eps),
                 self.x,
                 self.y,
                 targets,
@@ -86,47 +270,45 @@ class ModelScorer:
                 precision=self.evaluation.precision,
             )
         if not in_cascade:
-            return out, []
-        chain = [*before, a.label]
-        self.alive[key] = (out.robust, chain)
-        return out, chain
+            return out
+        chain = (*before, cell.label)
+        self.alive[cell.budget] = (out.robust, chain)
+        return replace(out, chain=chain)
 
     def _minimal(
-        self,
-        a: AttackUse,
-        eps: float,
-        seed: int,
-        targets: torch.Tensor,
-        everything: bool,
-        source: nn.Module | None,
+        self, cell: Cell, targets: torch.Tensor, everything: bool, source: nn.Module | None
     ) -> AttackOutcome:
-        """Score a minimisation attack at ``eps`` on ``targets`` (the clean-correct examples,
-        or in a cascade those still robust). It runs once per model (with ε = ∞ and the
-        cell seed of its first budget, on every clean-correct example); its result is
-        projected into each ε-ball, which keeps every adversarial example that fits the budget
-        and may find more."""
+        """Score a minimisation attack at the cell's ε on ``targets`` (the clean-correct
+        examples, or in a cascade those still robust). It runs once per model (at its first
+        cell, with that cell's seed and ε = ∞, on every clean-correct example, and on the
+        misclassified ones if it attacks them at any budget); its result is projected into each
+        ε-ball, which keeps every adversarial example that fits the budget."""
         batch, x, y = self.evaluation.batch_size, self.x, self.y
-        ran = a.label not in self.minimal
+        name = (cell.label, cell.norm)
+        ran = name not in self.minimal
         if ran:
-            seed_everything(seed)
+            anywhere = any(
+                self.attacks_misclassified(c) for c in self.order if (c.label, c.norm) == name
+            )
+            seed_everything(cell.seed)
             x_adv = x.clone()
             out = attack_outcome(
                 self.model,
-                a.instantiate(ThreatModel(a.norm, math.inf, self.info.bounds)),
+                cell.build(math.inf),
                 x,
                 y,
                 self.clean,
                 batch,
                 keep=x_adv,
                 source=source,
-                misclassified=everything,
+                misclassified=anywhere,
                 precision=self.evaluation.precision,
             )
-            self.minimal[a.label] = (x_adv, out)
-        x_adv, out = self.minimal[a.label]
-        x_eps = ThreatModel(a.norm, eps, self.info.bounds).project(x_adv, x)
+            self.minimal[name] = (x_adv, out)
+        x_adv, out = self.minimal[name]
+        x_eps = ThreatModel(cell.norm, cell.eps, cell.bounds).project(x_adv, x)
         correct = predict(self.model, x_eps, batch) == y
-        adv_correct = correct if out.adv_correct is not None and everything else None
+        adv_correct = correct if everything and out.adv_correct is not None else None
         n_attacked = out.n_attacked if ran else 0  # later budgets reuse the first run
         return AttackOutcome(
             targets & correct, out.n_violations, out.max_violation, adv_correct, n_attacked

@@ -3,6 +3,7 @@ inconsistent scores do."""
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -118,15 +119,21 @@ def test_the_runner_flags_an_attack_that_makes_the_model_more_accurate(tmp_path)
     config = tiny_config(
         tmp_path,
         training={"epochs": 1, "lr": 1e-3},  # a weak model: many misclassified examples
-        attacks=[{"name": "helpful", "eps": [0.2]}, {"name": "pgd", "eps": [0.2], "steps": 3}],
+        attacks=[
+            {"name": "helpful", "eps": [0.2]},
+            {"name": "pgd", "eps": [0.1, 0.2], "steps": 3},
+        ],
     )
     df = robench.run(config, registry=registry, quiet=True)
     clean = df[df["kind"] == "clean"].iloc[0]
+    # per budget the misclassified examples are attacked once, by the most expensive attack:
+    # at 0.2 the helpful one (Attack.cost's default, 1000, above PGD-3's 3)
     helpful = df[df["attack"] == "helpful"].iloc[0]
     assert helpful["adv_accuracy"] > clean["accuracy"] >= helpful["accuracy"]
     assert "robust above clean: helpful at linf 0.2" in clean["flags"]
-    pgd = df[df["attack"] == "pgd"].iloc[0]
-    assert pgd["adv_accuracy"] <= clean["accuracy"]
+    pgd = df[df["attack"] == "pgd"].set_index("eps")
+    assert pd.isna(pgd.loc[0.2, "adv_accuracy"])  # not run on the misclassified examples
+    assert pgd.loc[0.1, "adv_accuracy"] <= clean["accuracy"]  # the only attack at 0.1
     assert "robust above clean: pgd" not in clean["flags"]
     # not attacking the misclassified examples leaves the check out
     config["evaluation"]["attack_misclassified"] = False
