@@ -23,6 +23,7 @@ class Reporter:
         self.quiet = quiet
         self.total = 0
         self.done = 0
+        self._trains = True
         self._bar: Progress | None = None
         self._task: Any = None
 
@@ -46,8 +47,10 @@ class Reporter:
             f"{final} (the last finished run) left as it was"
         )
 
-    def training(self, label: str) -> None:
-        self._print(f"[bold]{label}[/]: training")
+    def training(self, label: str, trains: bool = True) -> None:
+        """A defense starts: training, or (``trains`` False) loading a model trained elsewhere."""
+        self._print(f"[bold]{label}[/]: {'training' if trains else 'loading'}")
+        self._trains = trains
         self.last_loss = float("nan")
         self._last_log = time.monotonic()
         if self.quiet or not self.console.is_terminal:
@@ -73,6 +76,9 @@ class Reporter:
 
     def trained(self, label: str, seconds: float) -> None:
         self._stop_bar()
+        if not self._trains:  # loaded, not trained
+            self._print(f"  ready in {seconds:.1f} s")
+            return
         self._print(f"  trained in {seconds:.1f} s (last epoch's loss {self.last_loss:.4f})")
 
     def _stop_bar(self) -> None:

@@ -157,17 +157,19 @@ class _Run:
             "seed": seed,
         }
         name = d.label if len(d.seeds) == 1 else f"{d.label} (seed {seed})"
-        self.report.training(name)
+        trains = d.entry.cls.trains  # False: the defense loads a model trained elsewhere
+        step = "training" if trains else "loading"
+        self.report.training(name, trains)
         self.sources.pop(d.label, None)  # a transfer source's model of an earlier seed
         t0 = time.perf_counter()
         try:
             model, x, y, clean = self._train(d, seed, train, ev)
         except Exception as exc:
-            clean_row = self.fail(clean_row, exc, f"{name}: training")
+            clean_row = self.fail(clean_row, exc, f"{name}: {step}")
             clean_row["train_seconds"] = time.perf_counter() - t0
             self.add(clean_row)
             self.report.cell(clean_row)
-            skipped = f"not run: training failed ({clean_row['error']})"
+            skipped = f"not run: {step} failed ({clean_row['error']})"
             for a, eps in cells:
                 self.rows.append(
                     self._attack_row(base, a, eps)

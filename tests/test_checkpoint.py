@@ -171,5 +171,7 @@ def test_a_bad_checkpoint_fails_its_own_cells_in_one_line(trained, tmp_path):
         assert (bad["status"] == "error").all() and (good["status"] == "ok").all(), what
         error = bad.loc[bad["kind"] == "clean", "error"].item()
         assert "\n" not in error and expected in error, (what, error)
+        skipped = bad.loc[bad["kind"] == "attack", "error"]
+        assert skipped.str.startswith("not run: loading failed").all(), what
         assert "Traceback" not in result.output
     assert not (tmp_path / "EXECUTED").exists()
