@@ -9,10 +9,10 @@ as ``robench run`` scores a defense (:class:`AttackOutcome`: one attack at one b
 from robench.attack import Attack, Crafted, attack_mode, craft
 from robench.dataset import Data, Dataset, DatasetInfo
 from robench.defense import Defense, TrainContext
-from robench.errors import ConfigError, ContractError, PluginError
+from robench.errors import ConfigError, ContractError, PluginError, error_line
 from robench.evaluation import Evaluation, evaluate
 from robench.model import Model, Normalize
-from robench.plugin import NoParams, Params, Plugin
+from robench.plugin import NoParams, Params, Plugin, benchmark_path
 from robench.precision import Precision, full_precision, gradient_autocast, reduced
 from robench.scoring import AttackOutcome
 from robench.specs import AttackSpec, Epsilon, NormName
@@ -44,7 +44,9 @@ __all__ = [
     "TrainContext",
     "TrainingConfig",
     "attack_mode",
+    "benchmark_path",
     "craft",
+    "error_line",
     "evaluate",
     "full_precision",
     "gradient_autocast",

@@ -28,3 +28,18 @@ class PluginError(RobenchError):
 
 class ContractError(RobenchError):
     """A plugin broke the attack or defense contract at run time (e.g. it changed model weights)."""
+
+
+#: lines of torch.load's error text that advise rather than say what is wrong
+_ADVICE = ("Weights only load failed", "Check the documentation", "Please file an issue")
+
+
+def error_line(err: BaseException, *, with_type: bool = True) -> str:
+    """The line of an exception's message that says what is wrong (``Type: line``): the first
+    non-empty one, skipping the advice ``torch.load(weights_only=True)`` adds to its errors."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(_ADVICE)]
+    text = (useful or lines or [""])[0].removeprefix("WeightsUnpickler error: ")
+    if not with_type:
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo
 
 
 class Params(BaseModel):
     """Base for a plugin's parameters: unknown keys are rejected, values are validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def benchmark_path(path: Path, info: ValidationInfo) -> Path:
+    """A path parameter as a benchmark file means it: ``~`` expanded, a relative path taken from
+    the benchmark file's folder (the validation context's ``base_dir``; as given without one).
+    For a ``field_validator(..., mode="after")`` of a plugin's :class:`Params`."""
+    path = Path(path).expanduser()
+    base = (info.context or {}).get("base_dir")
+    return Path(base) / path if base is not None and not path.is_absolute() else path
 
 
 class NoParams(Params):

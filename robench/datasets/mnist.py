@@ -17,7 +17,7 @@ from pydantic import Field
 
 from robench.dataset import Data, Dataset, DatasetInfo, Split, unwritable_dir
 from robench.datasets._arrays import FIX_HINT, quiet_download
-from robench.errors import ConfigError
+from robench.errors import ConfigError, error_line
 from robench.plugin import Params
 
 _RAW = {
@@ -88,14 +88,6 @@ def _read_raw(root: Path, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
 
 
-def _reason(err: Exception) -> str:
-    """The line of torch.load's error that says what is wrong with the file."""
-    advice = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(advice)]
-    return (useful or lines or [type(err).__name__])[0].removeprefix("WeightsUnpickler error: ")
-
-
 def _read_legacy(path: Path, *, mmap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """A legacy cache file: a pair (uint8 N×28×28 images, integer N labels), loaded with
     ``weights_only=True`` (tensors only, never arbitrary objects)."""
@@ -103,11 +95,11 @@ def _read_legacy(path: Path, *, mmap: bool = False) -> tuple[torch.Tensor, torch
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as err:
         why = "torch.load(weights_only=True) refused it, as robench unpickles tensors only"
-        raise _not_loadable(path, f"{why} ({_reason(err)})") from None
+        raise _not_loadable(path, f"{why} ({error_line(err, with_type=False)})") from None
     except Exception as err:  # any failure means the file is unusable
         if mmap and "mmap" in str(err):  # torch's pre-1.6 format cannot be mapped
             return _read_legacy(path)
-        raise _not_loadable(path, f"{type(err).__name__}: {_reason(err)}") from None
+        raise _not_loadable(path, error_line(err)) from None
     ok = (
         isinstance(obj, tuple | list)
         and len(obj) == 2

@@ -10,7 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from robench.dataset import Data, Dataset, DatasetInfo, Split
 from robench.datasets._arrays import check_npz, load_npz, npz_entry
 from robench.errors import ConfigError
-from robench.plugin import Params
+from robench.plugin import Params, benchmark_path
 
 PosFloat = Annotated[float, Field(gt=0)]
 
@@ -37,9 +37,7 @@ class Npz(Dataset):
         @field_validator("train", "test", mode="after")
         @classmethod
         def _resolve(cls, path: Path, info: ValidationInfo) -> Path:
-            path = path.expanduser()
-            base = (info.context or {}).get("base_dir")
-            return Path(base) / path if base is not None and not path.is_absolute() else path
+            return benchmark_path(path, info)
 
     def _paths(self) -> dict[str, Path]:
         return {"train": self.params.train, "test": self.params.test}

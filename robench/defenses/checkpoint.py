@@ -25,8 +25,8 @@ from torch import nn
 
 from robench.dataset import Data
 from robench.defense import Defense, TrainContext
-from robench.errors import ConfigError
-from robench.plugin import Params
+from robench.errors import ConfigError, error_line
+from robench.plugin import Params, benchmark_path
 
 #: where a training script commonly keeps the state_dict inside a saved dict
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
@@ -37,14 +37,6 @@ SHOWN = 3
 def _listing(keys: list[str]) -> str:
     more = f" and {len(keys) - SHOWN} more" if len(keys) > SHOWN else ""
     return ", ".join(keys[:SHOWN]) + more
-
-
-def _first_line(err: BaseException) -> str:
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    advice = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    useful = [line for line in lines if not line.startswith(advice)]
-    text = (useful or lines or [""])[0].removeprefix("WeightsUnpickler error: ")
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 def read_weights(path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
@@ -59,11 +51,11 @@ def read_weights(path: Path, key: str | None = None) -> dict[str, torch.Tensor]:
     except pickle.UnpicklingError as err:
         raise ConfigError(
             f"checkpoint {path} refused: torch.load(weights_only=True) reads tensors only, and "
-            f"this file holds something else ({_first_line(err)})"
+            f"this file holds something else ({error_line(err)})"
         ) from None
     except Exception as err:  # corrupt, truncated, not a checkpoint at all
         raise ConfigError(
-            f"checkpoint {path} is not loadable: {_first_line(err)}; expected a .safetensors "
+            f"checkpoint {path} is not loadable: {error_line(err)}; expected a .safetensors "
             "file or a PyTorch state_dict saved with torch.save"
         ) from None
     return _state_dict(obj, path, key)
@@ -141,10 +133,7 @@ class Checkpoint(Defense):
         @field_validator("path", mode="after")
         @classmethod
         def _resolve(cls, path: Path, info: ValidationInfo) -> Path:
-            path = path.expanduser()
-            base = (info.context or {}).get("base_dir")
-            if base is not None and not path.is_absolute():
-                path = Path(base) / path
+            path = benchmark_path(path, info)
             if not path.is_file():
                 what = "is a folder, not a file" if path.is_dir() else "not found"
                 raise ValueError(

@@ -12,7 +12,7 @@ from robench.dataset import Data, DatasetInfo
 from robench.defense import Defense, TrainContext
 from robench.errors import ConfigError
 from robench.model import Model
-from robench.plugin import Params
+from robench.plugin import Params, benchmark_path
 from robench_robustbench import zoo
 
 DEFAULT_DIR = Path("~/.cache/robench/robustbench")
@@ -67,10 +67,7 @@ class RobustBenchModel(Model):
         @field_validator("model_dir", mode="after")
         @classmethod
         def _resolve(cls, path: Path, info: ValidationInfo) -> Path:
-            path = path.expanduser()
-            base = (info.context or {}).get("base_dir")
-            if base is not None and not path.is_absolute():
-                path = Path(base) / path
+            path = benchmark_path(path, info)
             d = info.data  # the fields above, those that are valid
             checked = {"dataset", "threat_model", "model", "download", "pretrained"} <= d.keys()
             if checked and d["pretrained"] and not d["download"]:

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from robench.errors import ConfigError
+from robench.errors import ConfigError, error_line
 
 DATASETS = ("cifar10", "cifar100", "imagenet")
 THREAT_MODELS = ("Linf", "L2", "corruptions")
@@ -165,15 +165,6 @@ def checkpoint_paths(name: str, dataset: str, threat_model: str, model_dir: Path
     return [path]
 
 
-def first_line(err: BaseException) -> str:
-    """``Type: first useful line of the message``."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    advice = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    useful = [line for line in lines if not line.startswith(advice)]
-    text = (useful or lines or [""])[0].removeprefix("WeightsUnpickler error: ")
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
 def download(name: str, dataset: str, threat_model: str, paths: list[Path]) -> None:
     """Fetch the missing checkpoint files with RobustBench's own downloader (gdown)."""
     ids = _models(dataset, threat_model)[name]["gdrive_id"]
@@ -193,7 +184,7 @@ def download(name: str, dataset: str, threat_model: str, paths: list[Path]) -> N
             partial.unlink(missing_ok=True)
             raise ConfigError(
                 f"could not download RobustBench model {name!r} (Google Drive id {gdrive_id}) "
-                f"to {path}: {first_line(err)}; put the file there by hand, or check the "
+                f"to {path}: {error_line(err)}; put the file there by hand, or check the "
                 "connection"
             ) from None
 
@@ -205,11 +196,11 @@ def read_checkpoint(path: Path) -> Any:
     except pickle.UnpicklingError as err:
         raise ConfigError(
             f"checkpoint {path} refused: torch.load(weights_only=True) reads tensors only, and "
-            f"this file holds something else ({first_line(err)})"
+            f"this file holds something else ({error_line(err)})"
         ) from None
     except Exception as err:  # corrupt, truncated, an HTML page instead of a checkpoint
         raise ConfigError(
-            f"checkpoint {path} is not loadable: {first_line(err)}; delete it to download it again"
+            f"checkpoint {path} is not loadable: {error_line(err)}; delete it to download it again"
         ) from None
 
 
