@@ -93,6 +93,12 @@ _data_root = click.option(
     help="CPU threads for torch (default: the file's threads, else one per core).",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Train every model again instead of reusing those stored under the output folder "
+    "(models/), replacing them.",
+)
 def run(
     benchmark: Path,
     device: str,
@@ -100,8 +106,12 @@ def run(
     output_dir: Path | None,
     threads: int | None,
     quiet: bool,
+    fresh: bool,
 ) -> None:
     """Train every defense of BENCHMARK (a TOML file) and score it against every attack.
+
+    A trained model is stored under the output folder (models/<key>.safetensors) and reused by
+    later runs of the same training cell; --fresh trains again.
 
     Exit status: 0 all cells succeeded, 1 some cell failed (recorded in its row),
     2 invalid benchmark, 128 + N stopped by signal N (130: Ctrl-C, 143: SIGTERM).
@@ -128,6 +138,7 @@ def run(
             registry=registry,
             quiet=quiet,
             threads=threads,
+            fresh=fresh,
         )
     except (ConfigError, PluginError) as exc:
         raise _config_error(exc) from None

@@ -81,5 +81,18 @@ class Defense(Plugin):
         """Train ``model`` (freshly built, on the CPU) on ``train``; return the model to score.
 
         The returned module may wrap ``model`` (e.g. with an input transformation). It must map
-        [0, 1] images to logits on ``ctx.device``.
+        [0, 1] images to logits on ``ctx.device``. A defense whose returned module is not
+        ``model`` itself overrides :meth:`restore` too.
         """
+
+    def restore(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        """The module :meth:`fit` would return for ``model``, untrained: what a stored model's
+        weights (the ``state_dict`` of ``fit``'s module, :mod:`robench.store`) are loaded into
+        when a run reuses it instead of training.
+
+        The default is ``model`` itself; a defense whose ``fit`` wraps the model (an input
+        transformation in front of it) returns the same wrapper here, without training. If the
+        stored weights do not fit the module returned (keys or shapes differ) the runner trains
+        instead; it never scores a module whose weights did not all load.
+        """
+        return model

@@ -66,6 +66,11 @@ class Reporter:
         self._bar.start()
         self._task = self._bar.add_task("train", total=None, loss="-")
 
+    def reused(self, label: str, key: str, created: str, seconds: float) -> None:
+        """A defense's model comes from the store (:mod:`robench.store`): nothing trains."""
+        when = created.replace("T", " ").replace("+00:00", " UTC")
+        self._print(f"[bold]{label}[/]: reused {key} (trained {when}, {seconds:.1f} s)")
+
     def epoch(self, label: str, epoch: int, epochs: int, loss: float) -> None:
         self.last_loss = loss
         if self._bar is not None:

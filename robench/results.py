@@ -22,6 +22,8 @@ COLUMNS = (
     "defense_name",  # the registered defense ("adversarial"); "defense" is its label
     "defense_plugin",  # who supplied it: "distribution version (plugin)"
     "model",
+    "model_key",  # the trained model's key in the output folder's store (models/<key>.*);
+    # "" for a defense that trains nothing (checkpoint)
     "kind",  # "clean" | "attack" | "sanity" | "worst-case"
     "attack",
     "attack_name",  # the registered attack ("pgd", "art.SquareAttack"); "attack" is its label
@@ -100,14 +102,34 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return to_frame(df.to_dict("records"))
 
 
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # pragma: no cover - e.g. Windows
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
-    """Replace ``path`` with ``data`` at once: a reader never sees a half-written file."""
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+    """Replace ``path`` with ``data``, durably: a temporary file in the same folder, fsync,
+    ``os.replace``, fsync of the folder. A reader never sees a half-written file, and a kill
+    at any instant leaves the old file or the new one."""
+    raw = data.encode() if isinstance(data, str) else data
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
 
 
 #: the files of a finished run, and where a run in progress writes them

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from robench import precision, provenance, rundir
+from robench import precision, provenance, rundir, store
 from robench.checks import (
     SANITY_PREFIX,
     Score,
@@ -33,7 +33,8 @@ from robench.config import (
 )
 from robench.dataset import Data, DatasetInfo
 from robench.defense import TrainContext
-from robench.errors import ConfigError
+from robench.defenses.checkpoint import load_weights
+from robench.errors import ConfigError, error_line
 from robench.evaluation import predict
 from robench.outcomes import OutcomeWriter
 from robench.progress import Reporter
@@ -106,6 +107,8 @@ class _Run:
         writer: ResultsWriter,
         outcomes: OutcomeWriter,
         sanity: list[AttackUse],
+        models: store.ModelStore,
+        fresh: bool = False,
     ) -> None:
         self.bench, self.registry, self.device, self.info = bench, registry, device, info
         self.report, self.writer, self.outcomes = reporter, writer, outcomes
@@ -116,6 +119,19 @@ class _Run:
         #: the sanity attacks run on every defense besides the benchmark's own (robench.checks)
         self.sanity = sanity
         self.errors: list[dict[str, str]] = []
+        #: the trained models stored under the output folder; ``fresh``: trains every model
+        #: again (and replaces those stored) instead of reusing them
+        self.store, self.fresh = models, fresh
+        #: what the run did with the store (the provenance's ``models``)
+        self.models: dict[str, Any] = {
+            "dir": str(models.dir),
+            "fresh": fresh,
+            "reused": [],
+            "stored": [],
+            "not_used": [],
+            "not_stored": [],
+        }
+        self._git: dict[str, Any] | None = None
 
     def add(self, row: dict[str, Any]) -> None:
         """Record a finished cell and rewrite the results, so that nothing done is lost."""
@@ -142,6 +158,7 @@ class _Run:
             "defense_name": d.entry.name,
             "defense_plugin": supplier(d.entry),
             "model": (d.model or bench.model).entry.name,
+            "model_key": "",
             "n_examples": len(ev),
             "seconds": 0.0,
             "status": "ok",
@@ -159,11 +176,13 @@ class _Run:
         name = d.label if len(d.seeds) == 1 else f"{d.label} (seed {seed})"
         trains = d.entry.cls.trains  # False: the defense loads a model trained elsewhere
         step = "training" if trains else "loading"
-        self.report.training(name, trains)
+        # a model trained here is stored under its training cell's key (not one loaded)
+        key = self._key(d, seed) if trains else ""
+        base["model_key"] = store.short(key)
         self.sources.pop(d.label, None)  # a transfer source's model of an earlier seed
         t0 = time.perf_counter()
         try:
-            model, x, y, clean = self._train(d, seed, train, ev)
+            model, x, y, clean, reused = self._train(d, seed, train, ev, name, key)
         except Exception as exc:
             clean_row = self.fail(clean_row, exc, f"{name}: {step}")
             clean_row["train_seconds"] = time.perf_counter() - t0
@@ -183,8 +202,11 @@ class _Run:
             self.report.done += len(sanity_cells)  # not recorded: nothing to check
             self.writer.write(self.rows)
             return
-        base["train_seconds"] = time.perf_counter() - t0
-        self.report.trained(name, base["train_seconds"])
+        if reused is None:
+            base["train_seconds"] = time.perf_counter() - t0
+            self.report.trained(name, base["train_seconds"])
+        else:  # the time its training took when it was stored
+            base["train_seconds"] = reused.train_seconds
         if d.label in self.source_labels:
             self.sources[d.label] = model
         n_clean = int(clean.sum())
@@ -321,26 +343,115 @@ class _Run:
         """The cell's seed, from the training seed and the cell's identity."""
         return cell_seed(base["train_seed"], base["defense"], a.label, a.norm, eps)
 
-    def _train(self, d: DefenseUse, seed: int, train: Data, ev: Data):
-        """Build and train the defense's model with ``seed``; return it with the evaluation set
-        and which evaluation examples it classifies correctly."""
+    def _key(self, d: DefenseUse, seed: int) -> str:
+        """The key of the model ``d`` trains with ``seed`` (:mod:`robench.store`)."""
+        return store.cell_key(store.training_cell(self.bench, d, seed, self.info, self.registry))
+
+    def _train(self, d: DefenseUse, seed: int, train: Data, ev: Data, name: str, key: str):
+        """The defense's model for ``seed``: reused from the store under ``key`` when it holds
+        it (and not ``fresh``), else built, trained and stored (``key`` "": neither). Returns it
+        with the evaluation set, which evaluation examples it classifies correctly, and the
+        stored model reused (None: trained, or loaded by a defense that trains nothing)."""
         bench = self.bench
-        seed_everything(seed)
+        losses: list[float] = []
+
+        def progress(epoch: int, epochs: int, loss: float) -> None:
+            losses.append(loss)
+            self.report.epoch(d.label, epoch, epochs, loss)
+
         ctx = TrainContext(
             training=d.training,
             device=self.device,
             seed=seed,
             info=self.info,
             make_attack=self.make_attack,
-            progress=lambda e, n, loss: self.report.epoch(d.label, e, n, loss),
+            progress=progress,
         )
-        model = (d.model or bench.model).instantiate().build(self.info)
-        model = d.instantiate().fit(model, train, ctx).to(self.device).eval()
+        model, reused, why_not = None, None, ""
+        if key and not self.fresh:
+            model, reused, why_not = self._reuse(d, ctx, seed, key)
+        if model is None:
+            self.report.training(name, d.entry.cls.trains)
+            if why_not:
+                self.report.note(f"  stored model {store.short(key)} not used: {why_not}")
+            t0 = time.perf_counter()
+            seed_everything(seed)
+            model = (d.model or bench.model).instantiate().build(self.info)
+            model = d.instantiate().fit(model, train, ctx)
+            if key:
+                self._save(d, seed, key, model, time.perf_counter() - t0, losses)
+        model = model.to(self.device).eval()
         x, y = ev.x.to(self.device), ev.y.to(self.device)
         if bench.evaluation.channels_last and x.dim() == 4:
             model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        return model, x, y, predict(model, x, bench.evaluation.batch_size) == y
+        return model, x, y, predict(model, x, bench.evaluation.batch_size) == y, reused
+
+    def _reuse(
+        self, d: DefenseUse, ctx: TrainContext, seed: int, key: str
+    ) -> tuple[torch.nn.Module | None, store.Stored | None, str]:
+        """The stored model of ``key`` rebuilt (``defense.restore``) with its weights loaded,
+        or None with why a model found in the store was not usable ("": none was stored)."""
+        found, why = self.store.lookup(key)
+        if found is not None:
+            try:
+                weights = self.store.load(found)
+                seed_everything(seed)
+                model = (d.model or self.bench.model).instantiate().build(self.info)
+                model = d.instantiate().restore(model, ctx)
+                load_weights(model, weights, found.weights)
+                if ctx.training.channels_last:  # as training leaves it
+                    model.to(memory_format=torch.channels_last)
+            except Exception as exc:
+                why = error_line(exc, with_type=not isinstance(exc, store.StoreError | ConfigError))
+            else:
+                self.models["reused"].append(key)
+                name = d.label if len(d.seeds) == 1 else f"{d.label} (seed {seed})"
+                self.report.reused(name, store.short(key), found.created, found.train_seconds)
+                return model, found, ""
+        if why:
+            why += "; training again"
+            self.models["not_used"].append({"key": key, "why": why})
+        return None, None, why
+
+    def _save(
+        self,
+        d: DefenseUse,
+        seed: int,
+        key: str,
+        model: torch.nn.Module,
+        seconds: float,
+        losses: list[float],
+    ) -> None:
+        """Store a freshly trained model under ``key``; a failure is a note, never an error."""
+        if self._git is None:
+            import robench
+
+            self._git = provenance.git_state(Path(robench.__file__).resolve().parent)
+        try:
+            record = store.training_cell(self.bench, d, seed, self.info, self.registry)
+            dists = {e.distribution for e in store.cell_entries(self.bench, d, self.registry)}
+            weights = store.weights_of(model)
+            self.store.save(
+                key,
+                weights,
+                {
+                    "cell": record,
+                    "trained_as": {"benchmark": self.bench.name, "defense": d.label},
+                    "train_seconds": seconds,
+                    "epoch_losses": list(losses),
+                    "created": provenance.now(),
+                    "device": provenance.device_info(self.device),
+                    "versions": provenance.versions(tuple(sorted(dists))),
+                    "git": self._git,
+                },
+            )
+        except Exception as exc:
+            why = error_line(exc)
+            self.models["not_stored"].append({"key": key, "why": why})
+            self.report.note(f"  model {store.short(key)} not stored: {why}")
+            return
+        self.models["stored"].append(key)
 
     def _attack_row(self, base: dict[str, Any], a: AttackUse, eps: float) -> dict[str, Any]:
         seed = self._seed(base, a, eps)
@@ -365,6 +476,7 @@ def run(
     registry: Registry | None = None,
     quiet: bool = False,
     threads: int | None = None,
+    fresh: bool = False,
 ) -> pd.DataFrame:
     """Run a benchmark and return its results table (also written under its output folder).
 
@@ -375,6 +487,9 @@ def run(
     A cell that fails is recorded (``status = "error"``) and the run goes on. Ctrl-C, SIGTERM
     and SIGHUP stop the run with status ``interrupted`` and raise KeyboardInterrupt.
     ``threads`` (else the file's ``threads``) sets torch's CPU threads for the run.
+    A defense's trained model is stored under the output folder (``models/``, keyed by its
+    training cell: :mod:`robench.store`) and reused by every later run of the same cell instead
+    of training it again; ``fresh`` trains every model again (replacing those stored).
     ``df.attrs`` holds the paths written and the number of failed cells.
     """
     registry = registry or get_registry()
@@ -392,13 +507,18 @@ def run(
     if n_threads:
         torch.set_num_threads(n_threads)
     try:
-        return _execute(bench, registry, root, device, quiet)
+        return _execute(bench, registry, root, device, quiet, fresh)
     finally:
         torch.set_num_threads(previous)
 
 
 def _execute(
-    bench: Benchmark, registry: Registry, root: Path, device: str | None, quiet: bool
+    bench: Benchmark,
+    registry: Registry,
+    root: Path,
+    device: str | None,
+    quiet: bool,
+    fresh: bool = False,
 ) -> pd.DataFrame:
     src = str(bench.source) if bench.source else None
     info = check_data_and_model(bench, root, src)
@@ -429,7 +549,9 @@ def _execute(
     for line in kept:
         reporter.note(line)
     outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy(), bench.evaluation.cascade)
-    state = _Run(bench, registry, dev, info, reporter, writer, outcomes, sanity)
+    models = store.ModelStore(bench.output_dir)
+    state = _Run(bench, registry, dev, info, reporter, writer, outcomes, sanity, models, fresh)
+    prov["models"] = state.models  # filled in as the run goes
     writer.write(state.rows)  # the partial provenance (status "running") from the start
     finished = False
     stopped: BaseException | None = None

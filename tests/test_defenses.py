@@ -63,6 +63,13 @@ def test_every_defense_returns_a_trained_logit_model(entry, digits):
     assert accuracy > 0.5  # learned something in 6 epochs on 400 digits
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert all(p.requires_grad for p in model.parameters())
+    # restore() rebuilds fit's module untrained: the stored weights load into it exactly
+    restored = defense.restore(build(info, seed=1), ctx)
+    shapes = {k: v.shape for k, v in trained.state_dict().items()}
+    assert {k: v.shape for k, v in restored.state_dict().items()} == shapes
+    restored.load_state_dict(trained.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.equal(restored.eval()(test.x[:64]), logits)
 
 
 def _fit(name: str, info, train, **params) -> nn.Module:

@@ -139,6 +139,9 @@ class ArtDefense(Defense):
         wrapped = self.wrap(model, ctx.info.bounds)
         return ctx.train(wrapped, train, lambda m, x, y: ctx.cross_entropy(m(x), y))
 
+    def restore(self, model: nn.Module, ctx: TrainContext) -> nn.Module:
+        return self.wrap(model, ctx.info.bounds)
+
 
 def make_params(name: str, art_class: type, spec: DefenceSpec) -> type[Params]:
     skip = {*_ADAPTER_SET, *spec.fixed}
