@@ -32,18 +32,17 @@ from robench.config import (
     load_benchmark,
 )
 from robench.dataset import Data, DatasetInfo
-from robench.defense import TrainContext
-from robench.defenses.checkpoint import load_weights
 from robench.errors import ConfigError, error_line
 from robench.evaluation import predict
 from robench.outcomes import OutcomeWriter
 from robench.progress import Reporter
 from robench.registry import Entry, Registry, get_registry
-from robench.reproducibility import cell_seed, eval_indices, seed_everything
+from robench.reproducibility import cell_seed, eval_indices
 from robench.results import ResultsWriter
 from robench.scoring import Cell, Scorer
 from robench.specs import AttackSpec
 from robench.threat import ThreatModel
+from robench.trained import TrainedModels
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -107,7 +106,6 @@ class _Run:
         writer: ResultsWriter,
         outcomes: OutcomeWriter,
         sanity: list[AttackUse],
-        models: store.ModelStore,
         fresh: bool = False,
     ) -> None:
         self.bench, self.registry, self.device, self.info = bench, registry, device, info
@@ -119,19 +117,10 @@ class _Run:
         #: the sanity attacks run on every defense besides the benchmark's own (robench.checks)
         self.sanity = sanity
         self.errors: list[dict[str, str]] = []
-        #: the trained models stored under the output folder; ``fresh``: trains every model
-        #: again (and replaces those stored) instead of reusing them
-        self.store, self.fresh = models, fresh
-        #: what the run did with the store (the provenance's ``models``)
-        self.models: dict[str, Any] = {
-            "dir": str(models.dir),
-            "fresh": fresh,
-            "reused": [],
-            "stored": [],
-            "not_used": [],
-            "not_stored": [],
-        }
-        self._git: dict[str, Any] | None = None
+        #: each defense's model: reused from the output folder's store, or trained and stored
+        self.trained = TrainedModels(
+            bench, registry, info, device, reporter, self.make_attack, fresh
+        )
 
     def add(self, row: dict[str, Any]) -> None:
         """Record a finished cell and rewrite the results, so that nothing done is lost."""
@@ -143,7 +132,7 @@ class _Run:
         return entry.cls(ThreatModel(spec.norm, spec.eps, self.info.bounds), **spec.params)
 
     def fail(self, row: dict[str, Any], exc: BaseException, where: str) -> dict[str, Any]:
-        msg = f"{type(exc).__name__}: {exc}".strip().splitlines()[0]
+        msg = error_line(exc)
         self.errors.append({"cell": where, "error": msg, "traceback": traceback.format_exc()})
         return row | {"status": "error", "error": msg}
 
@@ -174,15 +163,15 @@ class _Run:
             "seed": seed,
         }
         name = d.label if len(d.seeds) == 1 else f"{d.label} (seed {seed})"
-        trains = d.entry.cls.trains  # False: the defense loads a model trained elsewhere
-        step = "training" if trains else "loading"
+        step = "training" if d.entry.cls.trains else "loading"  # loading: trained elsewhere
         # a model trained here is stored under its training cell's key (not one loaded)
-        key = self._key(d, seed) if trains else ""
+        cell, key = self.trained.cell(d, seed)
         base["model_key"] = store.short(key)
         self.sources.pop(d.label, None)  # a transfer source's model of an earlier seed
         t0 = time.perf_counter()
         try:
-            model, x, y, clean, reused = self._train(d, seed, train, ev, name, key)
+            model, reused = self.trained.get(d, seed, train, name, cell, key)
+            model, x, y, clean = self._prepare(model, ev)
         except Exception as exc:
             clean_row = self.fail(clean_row, exc, f"{name}: {step}")
             clean_row["train_seconds"] = time.perf_counter() - t0
@@ -316,7 +305,7 @@ class _Run:
         try:
             return model_checks(model, x, y)
         except Exception as exc:
-            return [f"model checks failed: {type(exc).__name__}: {exc}".splitlines()[0]]
+            return [f"model checks failed: {error_line(exc)}"]
 
     def _source(self, label: str) -> torch.nn.Module:
         """The model a transfer attack crafts on: defense ``label``'s."""
@@ -343,115 +332,15 @@ class _Run:
         """The cell's seed, from the training seed and the cell's identity."""
         return cell_seed(base["train_seed"], base["defense"], a.label, a.norm, eps)
 
-    def _key(self, d: DefenseUse, seed: int) -> str:
-        """The key of the model ``d`` trains with ``seed`` (:mod:`robench.store`)."""
-        return store.cell_key(store.training_cell(self.bench, d, seed, self.info, self.registry))
-
-    def _train(self, d: DefenseUse, seed: int, train: Data, ev: Data, name: str, key: str):
-        """The defense's model for ``seed``: reused from the store under ``key`` when it holds
-        it (and not ``fresh``), else built, trained and stored (``key`` "": neither). Returns it
-        with the evaluation set, which evaluation examples it classifies correctly, and the
-        stored model reused (None: trained, or loaded by a defense that trains nothing)."""
-        bench = self.bench
-        losses: list[float] = []
-
-        def progress(epoch: int, epochs: int, loss: float) -> None:
-            losses.append(loss)
-            self.report.epoch(d.label, epoch, epochs, loss)
-
-        ctx = TrainContext(
-            training=d.training,
-            device=self.device,
-            seed=seed,
-            info=self.info,
-            make_attack=self.make_attack,
-            progress=progress,
-        )
-        model, reused, why_not = None, None, ""
-        if key and not self.fresh:
-            model, reused, why_not = self._reuse(d, ctx, seed, key)
-        if model is None:
-            self.report.training(name, d.entry.cls.trains)
-            if why_not:
-                self.report.note(f"  stored model {store.short(key)} not used: {why_not}")
-            t0 = time.perf_counter()
-            seed_everything(seed)
-            model = (d.model or bench.model).instantiate().build(self.info)
-            model = d.instantiate().fit(model, train, ctx)
-            if key:
-                self._save(d, seed, key, model, time.perf_counter() - t0, losses)
+    def _prepare(self, model: torch.nn.Module, ev: Data):
+        """The model and the evaluation set on the device, in the evaluation's memory format,
+        with which evaluation examples the model classifies correctly."""
         model = model.to(self.device).eval()
         x, y = ev.x.to(self.device), ev.y.to(self.device)
-        if bench.evaluation.channels_last and x.dim() == 4:
+        if self.bench.evaluation.channels_last and x.dim() == 4:
             model.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        return model, x, y, predict(model, x, bench.evaluation.batch_size) == y, reused
-
-    def _reuse(
-        self, d: DefenseUse, ctx: TrainContext, seed: int, key: str
-    ) -> tuple[torch.nn.Module | None, store.Stored | None, str]:
-        """The stored model of ``key`` rebuilt (``defense.restore``) with its weights loaded,
-        or None with why a model found in the store was not usable ("": none was stored)."""
-        found, why = self.store.lookup(key)
-        if found is not None:
-            try:
-                weights = self.store.load(found)
-                seed_everything(seed)
-                model = (d.model or self.bench.model).instantiate().build(self.info)
-                model = d.instantiate().restore(model, ctx)
-                load_weights(model, weights, found.weights)
-                if ctx.training.channels_last:  # as training leaves it
-                    model.to(memory_format=torch.channels_last)
-            except Exception as exc:
-                why = error_line(exc, with_type=not isinstance(exc, store.StoreError | ConfigError))
-            else:
-                self.models["reused"].append(key)
-                name = d.label if len(d.seeds) == 1 else f"{d.label} (seed {seed})"
-                self.report.reused(name, store.short(key), found.created, found.train_seconds)
-                return model, found, ""
-        if why:
-            why += "; training again"
-            self.models["not_used"].append({"key": key, "why": why})
-        return None, None, why
-
-    def _save(
-        self,
-        d: DefenseUse,
-        seed: int,
-        key: str,
-        model: torch.nn.Module,
-        seconds: float,
-        losses: list[float],
-    ) -> None:
-        """Store a freshly trained model under ``key``; a failure is a note, never an error."""
-        if self._git is None:
-            import robench
-
-            self._git = provenance.git_state(Path(robench.__file__).resolve().parent)
-        try:
-            record = store.training_cell(self.bench, d, seed, self.info, self.registry)
-            dists = {e.distribution for e in store.cell_entries(self.bench, d, self.registry)}
-            weights = store.weights_of(model)
-            self.store.save(
-                key,
-                weights,
-                {
-                    "cell": record,
-                    "trained_as": {"benchmark": self.bench.name, "defense": d.label},
-                    "train_seconds": seconds,
-                    "epoch_losses": list(losses),
-                    "created": provenance.now(),
-                    "device": provenance.device_info(self.device),
-                    "versions": provenance.versions(tuple(sorted(dists))),
-                    "git": self._git,
-                },
-            )
-        except Exception as exc:
-            why = error_line(exc)
-            self.models["not_stored"].append({"key": key, "why": why})
-            self.report.note(f"  model {store.short(key)} not stored: {why}")
-            return
-        self.models["stored"].append(key)
+        return model, x, y, predict(model, x, self.bench.evaluation.batch_size) == y
 
     def _attack_row(self, base: dict[str, Any], a: AttackUse, eps: float) -> dict[str, Any]:
         seed = self._seed(base, a, eps)
@@ -549,9 +438,8 @@ def _execute(
     for line in kept:
         reporter.note(line)
     outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy(), bench.evaluation.cascade)
-    models = store.ModelStore(bench.output_dir)
-    state = _Run(bench, registry, dev, info, reporter, writer, outcomes, sanity, models, fresh)
-    prov["models"] = state.models  # filled in as the run goes
+    state = _Run(bench, registry, dev, info, reporter, writer, outcomes, sanity, fresh)
+    prov["models"] = state.trained.record  # filled in as the run goes
     writer.write(state.rows)  # the partial provenance (status "running") from the start
     finished = False
     stopped: BaseException | None = None
@@ -581,7 +469,7 @@ def _execute(
             outcomes.finish()
             df = writer.finish(state.rows)
         else:
-            prov["interrupted"] = f"{type(stopped).__name__}: {stopped}".splitlines()[0]
+            prov["interrupted"] = error_line(stopped)
             df = writer.write(state.rows)
             reporter.interrupted(str(writer.partial_csv), str(writer.csv), len(state.rows))
     reporter.finished(str(writer.csv), time.perf_counter() - t0, failed)

@@ -1,0 +1,172 @@
+"""The model of each training cell in a run: reused from the store, or built, trained and stored.
+
+:class:`TrainedModels` is what the runner asks for a defense's model with one training seed. A
+defense that trains has a key (:func:`robench.store.cell_key` of its training cell); unless the
+run is ``fresh``, a model stored under that key is rebuilt (``Defense.restore``) and loaded
+instead of training, and a model trained here is stored under it. A stored model that cannot be
+used is one progress line, and the defense trains again. A defense that trains nothing
+(``checkpoint``) is neither looked up nor stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from robench import provenance, store
+from robench.config import Benchmark, DefenseUse
+from robench.dataset import Data, DatasetInfo
+from robench.defense import TrainContext
+from robench.defenses.checkpoint import load_weights
+from robench.errors import ConfigError, error_line
+from robench.progress import Reporter
+from robench.registry import Registry
+from robench.reproducibility import seed_everything
+
+
+class TrainedModels:
+    """The trained models of one run, and what it did with the store (:attr:`record`)."""
+
+    def __init__(
+        self,
+        bench: Benchmark,
+        registry: Registry,
+        info: DatasetInfo,
+        device: torch.device,
+        report: Reporter,
+        make_attack: Callable,
+        fresh: bool = False,
+    ) -> None:
+        self.bench, self.registry, self.info, self.device = bench, registry, info, device
+        self.report, self.make_attack = report, make_attack
+        #: the models stored under the output folder; ``fresh``: train every model again (and
+        #: replace those stored) instead of reusing them
+        self.store, self.fresh = store.ModelStore(bench.output_dir), fresh
+        #: what the run did with the store (the provenance's ``models``)
+        self.record: dict[str, Any] = {
+            "dir": str(self.store.dir),
+            "fresh": fresh,
+            "reused": [],
+            "stored": [],
+            "not_used": [],
+            "not_stored": [],
+        }
+        self._git: dict[str, Any] | None = None
+
+    def cell(self, d: DefenseUse, seed: int) -> tuple[dict[str, Any] | None, str]:
+        """The training cell of ``d`` with ``seed`` and its key (None and "" for a defense
+        that trains nothing: its model is not stored)."""
+        if not d.entry.cls.trains:
+            return None, ""
+        record = store.training_cell(self.bench, d, seed, self.info, self.registry)
+        return record, store.cell_key(record)
+
+    def get(
+        self,
+        d: DefenseUse,
+        seed: int,
+        train: Data,
+        name: str,
+        cell: dict[str, Any] | None,
+        key: str,
+    ) -> tuple[nn.Module, store.Stored | None]:
+        """The model of ``d`` with ``seed`` (``cell``, ``key``: from :meth:`cell`), and the
+        stored model it was reused from (None: trained or loaded here)."""
+        losses: list[float] = []
+
+        def progress(epoch: int, epochs: int, loss: float) -> None:
+            losses.append(loss)
+            self.report.epoch(d.label, epoch, epochs, loss)
+
+        ctx = TrainContext(
+            training=d.training,
+            device=self.device,
+            seed=seed,
+            info=self.info,
+            make_attack=self.make_attack,
+            progress=progress,
+        )
+        why_not = ""
+        if key and not self.fresh:
+            model, found, why_not = self._reuse(d, ctx, seed, key, name)
+            if model is not None:
+                return model, found
+        self.report.training(name, d.entry.cls.trains)
+        if why_not:
+            self.report.note(f"  stored model {store.short(key)} not used: {why_not}")
+        t0 = time.perf_counter()
+        model = d.instantiate().fit(self._build(d, seed), train, ctx)
+        if cell is not None:
+            self._save(d, cell, key, model, time.perf_counter() - t0, losses)
+        return model, None
+
+    def _build(self, d: DefenseUse, seed: int) -> nn.Module:
+        """A fresh model for ``d``, built after seeding with ``seed`` (as training starts)."""
+        seed_everything(seed)
+        return (d.model or self.bench.model).instantiate().build(self.info)
+
+    def _reuse(
+        self, d: DefenseUse, ctx: TrainContext, seed: int, key: str, name: str
+    ) -> tuple[nn.Module | None, store.Stored | None, str]:
+        """The stored model of ``key`` rebuilt (``defense.restore``) with its weights loaded,
+        or None with why a model found in the store was not usable ("": none was stored)."""
+        found, why = self.store.lookup(key)
+        if found is not None:
+            try:
+                weights = self.store.load(found)
+                model = d.instantiate().restore(self._build(d, seed), ctx)
+                load_weights(model, weights, found.weights)
+                if ctx.training.channels_last:  # as training leaves it
+                    model.to(memory_format=torch.channels_last)
+            except Exception as exc:
+                why = error_line(exc, with_type=not isinstance(exc, store.StoreError | ConfigError))
+            else:
+                self.record["reused"].append(key)
+                self.report.reused(name, store.short(key), found.created, found.train_seconds)
+                return model, found, ""
+        if why:
+            why += "; training again"
+            self.record["not_used"].append({"key": key, "why": why})
+        return None, None, why
+
+    def _save(
+        self,
+        d: DefenseUse,
+        cell: dict[str, Any],
+        key: str,
+        model: nn.Module,
+        seconds: float,
+        losses: list[float],
+    ) -> None:
+        """Store a freshly trained model under ``key``; a failure is a note, never an error."""
+        if self._git is None:
+            import robench
+
+            self._git = provenance.git_state(Path(robench.__file__).resolve().parent)
+        try:
+            dists = {e.distribution for e in store.cell_entries(self.bench, d, self.registry)}
+            self.store.save(
+                key,
+                store.weights_of(model),
+                {
+                    "cell": cell,
+                    "trained_as": {"benchmark": self.bench.name, "defense": d.label},
+                    "train_seconds": seconds,
+                    "epoch_losses": list(losses),
+                    "created": provenance.now(),
+                    "device": provenance.device_info(self.device),
+                    "versions": provenance.versions(tuple(sorted(dists))),
+                    "git": self._git,
+                },
+            )
+        except Exception as exc:
+            why = error_line(exc)
+            self.record["not_stored"].append({"key": key, "why": why})
+            self.report.note(f"  model {store.short(key)} not stored: {why}")
+            return
+        self.record["stored"].append(key)
