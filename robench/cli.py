@@ -146,7 +146,9 @@ def run(
         import signal
 
         name = getattr(exc, "signal", "SIGINT")
-        partial = bench.output_dir / "results.partial.csv"
+        from robench.results import RESULTS_CSV, partial_name
+
+        partial = bench.output_dir / partial_name(RESULTS_CSV)
         click.echo(
             f"Error: stopped by {name}: the finished cells are in {partial}; "
             "results.csv keeps the last finished run",

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from robench.results import read_results
+from robench.results import RESULTS_CSV, partial_name, read_results
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
@@ -16,7 +16,7 @@ def load_results(path: str | Path) -> pd.DataFrame:
     if p.is_dir():
         p = p / "results.csv"
     if not p.is_file():
-        partial = p.with_name("results.partial.csv")
+        partial = p.with_name(partial_name(RESULTS_CSV))
         unfinished = (
             f" (an unfinished run's results are in {partial}: pass that file)"
             if partial.is_file()

@@ -30,7 +30,7 @@ import pluggy
 
 import robench
 from robench import hookspecs
-from robench.errors import ConfigError, PluginError
+from robench.errors import ConfigError, PluginError, error_line
 
 ENTRY_POINT_GROUP = "robench"
 Kind = Literal["attack", "defense", "model", "dataset"]
@@ -156,13 +156,10 @@ def _describe(plugin: str, dist: str, version: str) -> str:
 
 def _reason(exc: BaseException) -> str:
     """``Type: first line of the message`` (robench's own plugin errors without the type)."""
-    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    text = lines[0] if lines else ""
     if isinstance(exc, pluggy.PluginValidationError):  # a bad hook signature: several lines
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
         return "bad hook signature: " + "; ".join(lines[1:] or lines)
-    if isinstance(exc, PluginError):
-        return text or type(exc).__name__
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return error_line(exc, with_type=not isinstance(exc, PluginError))
 
 
 @dataclass
