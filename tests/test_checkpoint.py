@@ -86,7 +86,7 @@ def test_a_saved_model_scores_exactly_as_when_it_was_trained(trained, file):
     pd.testing.assert_frame_equal(_numbers(df), _numbers(reference))
 
 
-def test_a_relative_path_is_taken_from_the_benchmark_file(trained, tmp_path):
+def test_a_relative_path_is_taken_from_the_benchmark_file(trained, tmp_path, monkeypatch):
     tmp, _ = trained
     (tmp_path / "weights").mkdir()
     (tmp_path / "weights" / "m.safetensors").write_bytes((tmp / "model.safetensors").read_bytes())
@@ -96,12 +96,8 @@ def test_a_relative_path_is_taken_from_the_benchmark_file(trained, tmp_path):
         '[[defenses]]\nname = "checkpoint"\npath = "weights/m.safetensors"\n'
         '[[attacks]]\nname = "fgsm"\neps = [0.1]\n'
     )
-    cwd = os.getcwd()
-    os.chdir(tmp)  # not the benchmark's folder
-    try:
-        result = CliRunner().invoke(main, ["validate", str(bench)])
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp)  # not the benchmark's folder
+    result = CliRunner().invoke(main, ["validate", str(bench)])
     assert result.exit_code == 0, result.output
 
 

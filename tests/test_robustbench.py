@@ -208,7 +208,7 @@ def test_a_checkpoint_carrying_code_is_refused(tmp_path, weights, data_root):
 
 
 def test_a_benchmark_file_resolves_model_dir_and_pretrained_needs_the_weights(
-    tmp_path, weights, data_root
+    tmp_path, weights, data_root, monkeypatch
 ):
     save(tmp_path / "weights", wrapped(weights))
     bench = tmp_path / "bench.toml"
@@ -219,12 +219,8 @@ def test_a_benchmark_file_resolves_model_dir_and_pretrained_needs_the_weights(
         '[[defenses]]\nname = "robustbench.pretrained"\nlabel = "MMA (RobustBench)"\n'
         '[[attacks]]\nname = "fgsm"\neps = ["8/255"]\n'
     )
-    cwd = os.getcwd()
-    os.chdir(data_root)  # not the benchmark's folder
-    try:
-        result = CliRunner().invoke(main, ["validate", str(bench), "--data-root", str(data_root)])
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(data_root)  # not the benchmark's folder
+    result = CliRunner().invoke(main, ["validate", str(bench), "--data-root", str(data_root)])
     assert result.exit_code == 0, result.output
 
     # the defense refuses a model without RobustBench's weights (its cells fail, in one line)
