@@ -143,8 +143,9 @@ def read_outcomes(folder: str | Path) -> Outcomes:
 
 
 class OutcomeWriter:
-    """Collects per-example outcomes and rewrites them atomically on each add: into
-    ``outcomes.partial.npz`` while the run goes; :meth:`finish` makes it ``outcomes.npz``."""
+    """Collects a run's per-example outcomes (read back from its cell store,
+    :mod:`robench.cellstore`) and writes them once: :meth:`finish` into ``outcomes.npz``,
+    :meth:`write_partial` into ``outcomes.partial.npz`` when the run is interrupted."""
 
     def __init__(self, folder: Path, example_index: np.ndarray, cascade: bool = False) -> None:
         self.path = folder / FILENAME
@@ -157,12 +158,15 @@ class OutcomeWriter:
     def add(self, defense: str, seed: int, attack: str, norm: str, eps: float, robust) -> None:
         vector = np.asarray(robust.cpu() if hasattr(robust, "cpu") else robust, dtype=bool)
         self.arrays[_key(defense, seed, attack, norm, eps)] = np.packbits(vector)
-        self._write(self.partial)
 
     def _write(self, path: Path) -> None:
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **self.arrays)
         atomic_write(path, buffer.getvalue())
+
+    def write_partial(self) -> None:
+        """The run was interrupted: keep its outcomes so far in ``outcomes.partial.npz``."""
+        self._write(self.partial)
 
     def finish(self) -> None:
         """The run finished: its outcomes replace ``outcomes.npz``."""

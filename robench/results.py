@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from robench import faults
 from robench.stats import wilson_interval
 
 #: Columns of a results table, in order. One row per defense × attack × ε, plus for each
@@ -67,8 +70,10 @@ NUMERIC_COLUMNS = (*INT_COLUMNS, *FLOAT_COLUMNS, "ci_low", "ci_high")
 TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in NUMERIC_COLUMNS)
 
 
-def to_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in rows], columns=list(COLUMNS))
+def to_frame(rows: Sequence[Any]) -> pd.DataFrame:
+    """The results table of ``rows``: :class:`robench.rows.Row` records or dicts by column."""
+    records = [dataclasses.asdict(r) if dataclasses.is_dataclass(r) else r for r in rows]
+    df = pd.DataFrame([{c: r.get(c) for c in COLUMNS} for r in records], columns=list(COLUMNS))
     for c in INT_COLUMNS:
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("Int64")
     for c in FLOAT_COLUMNS:
@@ -126,6 +131,7 @@ def atomic_write(path: Path, data: str | bytes) -> None:
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("atomic-write")  # a test's kill between the write and the rename
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -143,10 +149,12 @@ def partial_name(name: str) -> str:
 
 
 class ResultsWriter:
-    """Writes the results table and its provenance as a run goes.
+    """Writes the results table and its provenance.
 
-    Until the run finishes, every change goes to ``results.partial.csv`` and
-    ``results.partial.json`` (atomically, after every cell): the previous run's
+    The finished cells themselves are stored one by one as they finish
+    (:mod:`robench.cellstore`); this writes the table of a run. While the run goes,
+    ``results.partial.json`` holds its provenance (status ``running``, written when it starts)
+    and, if it is interrupted, ``results.partial.csv`` the rows it finished: the previous run's
     ``results.csv`` stays untouched, so a rerun that fails or is killed early never leaves
     fewer results than before. :meth:`finish` replaces ``results.csv`` and ``results.json``
     with the finished run's at once.
@@ -161,17 +169,21 @@ class ResultsWriter:
         self.provenance = provenance
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def _write(self, rows: list[dict[str, Any]], csv: Path, js: Path) -> pd.DataFrame:
+    def _write(self, rows: Sequence[Any], csv: Path, js: Path) -> pd.DataFrame:
         df = to_frame(rows)
         atomic_write(csv, df.to_csv(index=False))
         atomic_write(js, json.dumps(self.provenance, indent=2, default=str) + "\n")
         return df
 
-    def write(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        """Record the rows so far (into the partial files)."""
+    def start(self) -> None:
+        """The run starts: its provenance (status ``running``) into the partial JSON."""
+        atomic_write(self.partial_json, json.dumps(self.provenance, indent=2, default=str) + "\n")
+
+    def write(self, rows: Sequence[Any]) -> pd.DataFrame:
+        """Record the provenance and the rows so far (into the partial files)."""
         return self._write(rows, self.partial_csv, self.partial_json)
 
-    def finish(self, rows: list[dict[str, Any]]) -> pd.DataFrame:
+    def finish(self, rows: Sequence[Any]) -> pd.DataFrame:
         """The run finished: replace ``results.csv``/``results.json``, drop the partial files."""
         df = self._write(rows, self.csv, self.json)
         for p in (self.partial_csv, self.partial_json):

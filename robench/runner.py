@@ -8,13 +8,17 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
 from robench import precision, provenance, rundir, store
+from robench.cellkeys import CellKeys, examples_digest, loaded_model_key
+from robench.cellstore import CellStore, Measured, StoredCell
 from robench.checks import (
     SANITY_PREFIX,
     Score,
@@ -33,13 +37,13 @@ from robench.config import (
 )
 from robench.dataset import Data, DatasetInfo
 from robench.errors import ConfigError, error_line
-from robench.evaluation import predict
 from robench.outcomes import OutcomeWriter
 from robench.progress import Reporter
 from robench.registry import Entry, Registry, get_registry
 from robench.reproducibility import cell_seed, eval_indices
 from robench.results import ResultsWriter
-from robench.scoring import Cell, Scorer
+from robench.rows import Row
+from robench.scoring import AttackOutcome, Cell, Plan, Scorer, predict
 from robench.specs import AttackSpec
 from robench.threat import ThreatModel
 from robench.trained import TrainedModels
@@ -94,7 +98,8 @@ def _stop_signals_interrupt() -> Iterator[None]:
 
 
 class _Run:
-    """One benchmark run: trains and scores each defense, appending rows as cells finish."""
+    """One benchmark run: scores each defense's model, cell by cell, reusing every cell the
+    output folder's store holds (:mod:`robench.cellstore`) and storing each cell it computes."""
 
     def __init__(
         self,
@@ -103,202 +108,375 @@ class _Run:
         device: torch.device,
         info: DatasetInfo,
         reporter: Reporter,
-        writer: ResultsWriter,
-        outcomes: OutcomeWriter,
+        cells: CellStore,
+        keys: CellKeys,
         sanity: list[AttackUse],
+        train: Data,
         fresh: bool = False,
     ) -> None:
         self.bench, self.registry, self.device, self.info = bench, registry, device, info
-        self.report, self.writer, self.outcomes = reporter, writer, outcomes
-        self.rows: list[dict[str, Any]] = []
-        #: trained models of the defenses that transfer attacks craft on, by label
-        self.sources: dict[str, torch.nn.Module] = {}
+        self.report, self.cells, self.keys, self.train = reporter, cells, keys, train
+        self.fresh = fresh
+        #: the finished rows, and per row with an outcome vector its (defense, seed, attack,
+        #: norm, eps) and the vector (``outcomes.npz``)
+        self.rows: list[Row] = []
+        self.outcomes: list[tuple[tuple[str, int, str, str, float], np.ndarray]] = []
+        #: the defenses that transfer attacks craft on, by label, and their models of the seed
+        #: being run (each loaded only when a transfer cell must be computed)
         self.source_labels = {a.source for a in bench.attacks if a.source}
+        self.sources: dict[str, _Model] = {}
         #: the sanity attacks run on every defense besides the benchmark's own (robench.checks)
         self.sanity = sanity
         self.errors: list[dict[str, str]] = []
+        #: what the run did with the cell store (the provenance's ``cells``)
+        self.record: dict[str, Any] = {"file": str(cells.path), "reused": 0, "computed": 0}
         #: each defense's model: reused from the output folder's store, or trained and stored
         self.trained = TrainedModels(
             bench, registry, info, device, reporter, self.make_attack, fresh
         )
 
-    def add(self, row: dict[str, Any]) -> None:
-        """Record a finished cell and rewrite the results, so that nothing done is lost."""
-        self.rows.append(row)
-        self.writer.write(self.rows)
-
     def make_attack(self, spec: AttackSpec):
         entry = self.registry.get("attack", spec.name)
         return entry.cls(ThreatModel(spec.norm, spec.eps, self.info.bounds), **spec.params)
 
-    def fail(self, row: dict[str, Any], exc: BaseException, where: str) -> dict[str, Any]:
+    def fail(self, row: Row, exc: BaseException, where: str) -> Row:
         msg = error_line(exc)
         self.errors.append({"cell": where, "error": msg, "traceback": traceback.format_exc()})
-        return row | {"status": "error", "error": msg}
+        return row.as_failed(msg)
 
-    def defense(self, d: DefenseUse, seed: int, train: Data, ev: Data) -> None:
-        """Train ``d`` with ``seed``, then score it clean, under every attack × ε, and per-ε
-        worst case."""
-        bench = self.bench
-        base = {
-            "benchmark": bench.name,
-            "defense": d.label,
-            "train_seed": seed,
-            "defense_name": d.entry.name,
-            "defense_plugin": supplier(d.entry),
-            "model": (d.model or bench.model).entry.name,
-            "model_key": "",
-            "n_examples": len(ev),
-            "seconds": 0.0,
-            "status": "ok",
-            "error": "",
+    def add(self, row: Row, outcome: np.ndarray | None = None, reused: bool = False) -> None:
+        """A finished cell's row (and its outcome vector): kept for the tables, shown."""
+        self.rows.append(row)
+        if outcome is not None:
+            self.outcomes.append(
+                ((row.defense, row.train_seed, row.attack, row.norm, row.eps), outcome)
+            )
+        self.record["reused" if reused else "computed"] += row.status == "ok"
+        self.report.cell(row.as_dict())
+
+    def defense(self, d: DefenseUse, seed: int, ev: Data) -> None:
+        """Score the model of ``d`` trained with ``seed``: clean, under every attack × ε, and
+        per-ε worst case. Cells stored already are read back; the model is trained (or loaded)
+        only if some cell must be computed."""
+        _Model(self, d, seed, ev).score()
+
+    def _source(self, label: str) -> torch.nn.Module:
+        """The model a transfer attack crafts on: defense ``label``'s (of the seed being run)."""
+        source = self.sources.get(label)
+        if source is None:
+            raise RuntimeError(f"source defense {label!r} has no trained model")
+        source.load()
+        assert source.model is not None
+        return source.model
+
+
+class _Model:
+    """The cells of one defense's model with one training seed (:meth:`_Run.defense`)."""
+
+    def __init__(self, run: _Run, d: DefenseUse, seed: int, ev: Data) -> None:
+        self.run, self.d, self.seed, self.ev = run, d, seed, ev
+        bench = run.bench
+        self.name = d.label if len(d.seeds) == 1 else f"{d.label} (seed {seed})"
+        self.step = "training" if d.entry.cls.trains else "loading"  # loading: trained elsewhere
+        self.base = Row(
+            benchmark=bench.name,
+            defense=d.label,
+            train_seed=seed,
+            defense_name=d.entry.name,
+            defense_plugin=supplier(d.entry),
+            model=(d.model or bench.model).entry.name,
+            model_key="",
+            n_examples=len(ev),
+        )
+        self.uses = {
+            (a.label, a.norm, eps): a for a in (*bench.attacks, *run.sanity) for eps in a.eps
         }
-        cells = [(a, eps) for a in bench.attacks for eps in a.eps]
-        sanity_cells = [(a, eps) for a in self.sanity for eps in a.eps]
-        clean_row = base | {
-            "kind": "clean",
-            "attack": "clean",
-            "norm": "",
-            "eps": 0.0,
-            "seed": seed,
-        }
-        name = d.label if len(d.seeds) == 1 else f"{d.label} (seed {seed})"
-        step = "training" if d.entry.cls.trains else "loading"  # loading: trained elsewhere
-        # a model trained here is stored under its training cell's key (not one loaded)
-        cell, key = self.trained.cell(d, seed)
-        base["model_key"] = store.short(key)
-        self.sources.pop(d.label, None)  # a transfer source's model of an earlier seed
+        cells = [self._cell(a, eps) for a, eps in self.uses_in_order()]
+        self.plan = Plan(bench.evaluation, cells)
+        self.model: torch.nn.Module | None = None
+        self.scorer: Scorer | None = None
+        self.x = self.y = self.clean = None
+        #: the outcomes known so far, in run order (replayed into the scorer when it starts)
+        self.known: list[tuple[Cell, AttackOutcome]] = []
+        self.clean_vector: np.ndarray | None = None
+        self.model_failed = ""
+        #: the model's key ("" until known)
+        self.key = ""
+
+    def uses_in_order(self) -> list[tuple[AttackUse, float]]:
+        return [(a, eps) for a in (*self.run.bench.attacks, *self.run.sanity) for eps in a.eps]
+
+    def _cell(self, a: AttackUse, eps: float) -> Cell:
+        """Attack ``a`` at ``eps`` on this model, as the scorer runs it."""
+        return Cell(
+            a.label,
+            a.norm,
+            eps,
+            cell_seed(self.seed, self.d.label, a.label, a.norm, eps),
+            lambda e: a.instantiate(ThreatModel(a.norm, e, self.run.info.bounds)),
+            a.entry.cls.minimizes,
+            self.run.info.bounds,
+            a.source,
+            a.label.startswith(SANITY_PREFIX),
+        )
+
+    def _lookup(self, key: str) -> StoredCell | None:
+        return None if self.run.fresh else self.run.cells.get(key)
+
+    def score(self) -> None:
+        run, d = self.run, self.d
+        if d.label in run.source_labels:  # replaces the model of an earlier seed
+            run.sources[d.label] = self
         t0 = time.perf_counter()
         try:
-            model, reused = self.trained.get(d, seed, train, name, cell, key)
-            model, x, y, clean = self._prepare(model, ev)
+            model_key = self._model_key()
         except Exception as exc:
-            clean_row = self.fail(clean_row, exc, f"{name}: {step}")
-            clean_row["train_seconds"] = time.perf_counter() - t0
-            self.add(clean_row)
-            self.report.cell(clean_row)
-            skipped = f"not run: {step} failed ({clean_row['error']})"
-            for a, eps in cells:
-                self.rows.append(
-                    self._attack_row(base, a, eps)
-                    | {
-                        "status": "error",
-                        "error": skipped,
-                        "train_seconds": clean_row["train_seconds"],
-                    }
-                )
-                self.report.done += 1
-            self.report.done += len(sanity_cells)  # not recorded: nothing to check
-            self.writer.write(self.rows)
-            return
-        if reused is None:
-            base["train_seconds"] = time.perf_counter() - t0
-            self.report.trained(name, base["train_seconds"])
-        else:  # the time its training took when it was stored
-            base["train_seconds"] = reused.train_seconds
-        if d.label in self.source_labels:
-            self.sources[d.label] = model
-        n_clean = int(clean.sum())
-        base["clean_accuracy"] = n_clean / len(y)
-        self.outcomes.add(d.label, seed, "clean", "", 0.0, clean)
-        clean_row_done = (
-            clean_row
-            | base
-            | {
-                "n_correct": n_clean,
-                "accuracy": n_clean / len(y),
-                "n_violations": 0,
-                "max_violation": 0.0,
-            }
-        )
-        clean_index = len(self.rows)
-        self.add(clean_row_done)
-        self.report.cell(clean_row_done)
+            return self._all_failed(exc, time.perf_counter() - t0)
+        self.key = model_key
+        self.base = replace(self.base, model_key=store.short(model_key))
+        if self.model is not None:  # loaded to be keyed: a model trained elsewhere
+            self.base = replace(self.base, train_seconds=time.perf_counter() - t0)
+        elif d.entry.cls.trains:
+            found, _ = run.trained.store.lookup(model_key)
+            if found is not None:
+                self.base = replace(self.base, train_seconds=found.train_seconds)
 
-        flags = self._model_flags(model, x[clean], y[clean])
-        scores: list[Score] = []
-        outcomes: dict[tuple[str, float], list[tuple[str, torch.Tensor]]] = {}
-        uses = {(a.label, a.norm, eps): a for a, eps in cells + sanity_cells}
-        scorer = Scorer(
-            bench.evaluation,
-            model,
-            x,
-            y,
-            [self._cell(base, a, eps) for a, eps in cells + sanity_cells],
-            clean=clean,
-            source_of=self._source,
-        )
-        for cell in scorer.order:
-            a, eps, sanity = uses[cell.key], cell.eps, cell.sanity
-            row = self._attack_row(base, a, eps)
-            if sanity:
-                row["kind"] = "sanity"
-            t1 = time.perf_counter()
+        clean_record, clean_key = run.keys.clean(model_key)
+        stored = self._lookup(clean_key)
+        clean_row = self.base.as_clean()
+        reused = stored is not None
+        if reused:
+            run.report.note(
+                f"[bold]{self.name}[/]: model {self.base.model_key}, scored by an earlier run: "
+                "its stored cells are reused"
+            )
+        else:
             try:
-                out = scorer.score(cell)
-                if out.chain:
-                    row["attacks"] = "+".join(out.chain)
-                row["n_attacked"] = out.n_attacked
-                n_robust = int(out.robust.sum())
-                adv = None if out.adv_correct is None else int(out.adv_correct.sum()) / len(y)
-                row |= {
-                    "n_correct": n_robust,
-                    "accuracy": n_robust / len(y),
-                    "adv_accuracy": adv,
-                    "n_violations": out.n_violations,
-                    "max_violation": out.max_violation,
-                }
-                if not sanity:  # the worst case is over the benchmark's own attacks
-                    outcomes.setdefault((a.norm, eps), []).append((a.label, out.robust))
-                self.outcomes.add(d.label, seed, a.label, a.norm, eps, out.robust)
-                scores.append(
-                    Score(
-                        a.label,
-                        a.norm,
-                        eps,
-                        n_robust / len(y),
-                        len(y),
-                        adv_accuracy=adv,
-                        clean_accuracy=base["clean_accuracy"],
-                        single_step=a.entry.cls.single_step,
-                        gradient_free=a.entry.cls.gradient_free,
-                        transfer=bool(a.source) and a.source != d.label,
-                    )
+                self.load(t0)
+                t1 = time.perf_counter()
+                x, y = self.x, self.y
+                self.clean = predict(self.model, x, run.bench.evaluation.batch_size) == y
+                flags = self._model_flags(self.model, x[self.clean], y[self.clean])
+                n = int(self.clean.sum())
+                measured = Measured(n, n / len(y), time.perf_counter() - t1, flags="; ".join(flags))
+                stored = run.cells.put(
+                    clean_key, clean_record, measured, self.clean.cpu().numpy(), provenance.now()
                 )
             except Exception as exc:
-                row = self.fail(row, exc, f"{name}: {a.label} {a.norm} eps={eps:g}")
-            row["seconds"] = time.perf_counter() - t1
-            self.add(row)
-            self.report.cell(row)
+                return self._all_failed(exc, time.perf_counter() - t0, clean_row)
+        assert stored is not None
+        measured = stored.measured
+        self.base = replace(self.base, clean_accuracy=measured.accuracy)
+        clean_row = self.base.as_clean().with_measured(replace(measured, flags=""))
+        model_flags = [f for f in measured.flags.split("; ") if f]
+        clean_index = len(run.rows)
+        run.add(clean_row, stored.outcome, reused)
+        clean_vector = self.clean_vector = stored.outcome
 
-        for (norm, eps), results in outcomes.items():
-            worst = torch.stack([robust for _, robust in results]).all(dim=0)
+        scores: list[Score] = []
+        worst: dict[tuple[str, float], list[tuple[str, np.ndarray]]] = {}
+        after: dict[tuple[str, float], list[str]] = {}  # cascade: keys of the cells so far
+        for cell in self.plan.order:
+            a = self.uses[cell.key]
+            row = self.base.as_attack(
+                a.label,
+                a.entry.name,
+                supplier(a.entry),
+                a.norm,
+                cell.eps,
+                cell.seed,
+                a.source,
+                cell.sanity,
+            )
+            where = f"{self.name}: {a.label} {a.norm} eps={cell.eps:g}"
+            t1 = time.perf_counter()
+            try:
+                record, key = run.keys.attack(
+                    cell,
+                    a,
+                    f"{a.entry.distribution} {a.entry.version}",
+                    self.plan,
+                    model_key,
+                    self._source_key(a.source),
+                    after.get(cell.budget, []) if self.plan.in_cascade(cell) else [],
+                )
+                found = self._lookup(key)
+                if found is None:
+                    found = self._compute(cell, key, record, t1)
+                    reused_here = False
+                else:
+                    reused_here = True
+                    self._known(cell, found)
+            except Exception as exc:
+                row = self.fail(row, exc, where, time.perf_counter() - t1)
+                run.add(row)
+                continue
+            m = found.measured
+            row = row.with_measured(m)
+            if self.plan.in_cascade(cell):
+                after.setdefault(cell.budget, []).append(key)
+            run.add(row, found.outcome, reused_here)
+            if not cell.sanity:  # the worst case is over the benchmark's own attacks
+                worst.setdefault(cell.budget, []).append((a.label, found.outcome))
+            scores.append(
+                Score(
+                    a.label,
+                    a.norm,
+                    cell.eps,
+                    m.accuracy,
+                    len(clean_vector),
+                    adv_accuracy=m.adv_accuracy,
+                    clean_accuracy=self.base.clean_accuracy,
+                    single_step=a.entry.cls.single_step,
+                    gradient_free=a.entry.cls.gradient_free,
+                    transfer=bool(a.source) and a.source != d.label,
+                )
+            )
+
+        for (norm, eps), results in worst.items():
+            robust = np.logical_and.reduce([v for _, v in results])
             labels = [label for label, _ in results]
-            row = base | {
-                "kind": "worst-case",
-                "attack": "worst-case",
-                "norm": norm,
-                "eps": eps,
-                "n_correct": int(worst.sum()),
-                "accuracy": int(worst.sum()) / len(y),
-                "seed": seed,
-                "attacks": "+".join(labels),
-            }
-            failed = [
-                a.label for a, e in cells if (a.norm, e) == (norm, eps) and a.label not in labels
+            missing = [
+                a.label
+                for a in run.bench.attacks
+                if a.norm == norm and eps in a.eps and a.label not in labels
             ]
-            if failed:
-                row["error"] = f"without failed attacks: {', '.join(failed)}"
-            self.add(row)
-            self.report.worst(row)
+            row = self.base.as_worst_case(norm, eps, int(robust.sum()), labels, missing)
+            run.rows.append(row)
+            run.report.worst(row.as_dict())
 
-        flags += result_checks(scores)
-        flags += chance_check(scores, self.info.num_classes)
-        self.rows[clean_index] = clean_row_done | {"flags": "; ".join(flags)}
-        self.writer.write(self.rows)
-        self.report.flags(name, flags)
+        flags = model_flags + result_checks(scores) + chance_check(scores, run.info.num_classes)
+        run.rows[clean_index] = replace(clean_row, flags="; ".join(flags))
+        run.report.flags(self.name, flags)
 
-    def _model_flags(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
+    def _model_key(self) -> str:
+        """The key of this defense's model: its training cell's, or (a model trained elsewhere,
+        loaded now) its weights'."""
+        run, d = self.run, self.d
+        if d.entry.cls.trains:
+            return run.trained.cell(d, self.seed)[1]
+        self.load(time.perf_counter())
+        assert self.model is not None
+        return loaded_model_key(d, d.model or run.bench.model, self.model)
+
+    def load(self, t0: float | None = None) -> None:
+        """Train (or reuse from the model store, or load) this defense's model, once; put it
+        and the evaluation set on the device."""
+        if self.model is not None:
+            return
+        t0 = time.perf_counter() if t0 is None else t0
+        if self.model_failed:
+            raise RuntimeError(f"not run: {self.step} failed ({self.model_failed})")
+        run, d = self.run, self.d
+        try:
+            cell, key = run.trained.cell(d, self.seed)
+            model, reused = run.trained.get(d, self.seed, run.train, self.name, cell, key)
+            if reused is None:
+                self.base = replace(self.base, train_seconds=time.perf_counter() - t0)
+                run.report.trained(self.name, self.base.train_seconds)
+            model = model.to(run.device).eval()
+            x, y = self.ev.x.to(run.device), self.ev.y.to(run.device)
+            if run.bench.evaluation.channels_last and x.dim() == 4:
+                model.to(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)
+        except Exception as exc:
+            self.model_failed = error_line(exc)
+            raise
+        self.model, self.x, self.y = model, x, y
+
+    def _scorer(self) -> Scorer:
+        """The scorer of this model, started (model loaded) at the first cell to compute."""
+        if self.scorer is None:
+            self.load(time.perf_counter())
+            assert self.model is not None and self.x is not None
+            if self.clean is None:  # read back from the store
+                self.clean = torch.from_numpy(self.clean_vector).to(self.run.device)
+            self.scorer = Scorer(
+                self.run.bench.evaluation,
+                self.model,
+                self.x,
+                self.y,
+                self.plan.order,
+                clean=self.clean,
+                source_of=self.run._source,
+                plan=self.plan,
+            )
+            for cell, out in self.known:
+                self.scorer.known(cell, out)
+        return self.scorer
+
+    def _known(self, cell: Cell, found: StoredCell) -> None:
+        """A stored cell's outcome: the scorer (if started) goes on from it."""
+        out = AttackOutcome(torch.from_numpy(found.outcome), 0, 0.0)
+        if self.scorer is not None:
+            out = replace(out, robust=out.robust.to(self.run.device))
+            self.scorer.known(cell, out)
+        else:
+            self.known.append((cell, out))
+
+    def _compute(self, cell: Cell, key: str, record: dict[str, Any], t0: float) -> StoredCell:
+        """Run the cell, store it, and return it as stored."""
+        out = self._scorer().score(cell)
+        robust = out.robust
+        n = len(robust)
+        adv = None if out.adv_correct is None else int(out.adv_correct.sum()) / n
+        measured = Measured(
+            int(robust.sum()),
+            int(robust.sum()) / n,
+            time.perf_counter() - t0,
+            adv_accuracy=adv,
+            n_attacked=out.n_attacked,
+            n_violations=out.n_violations,
+            max_violation=out.max_violation,
+            attacks="+".join(out.chain),
+        )
+        return self.run.cells.put(key, record, measured, robust.cpu().numpy(), provenance.now())
+
+    def _source_key(self, label: str) -> str:
+        """A transfer attack's source model's key ("" for a white-box attack)."""
+        if not label:
+            return ""
+        if label == self.d.label:
+            return "self"
+        source = self.run.sources.get(label)
+        if source is None or not source.key:
+            why = f" ({source.step} failed)" if source is not None else ""
+            raise RuntimeError(f"source defense {label!r} has no trained model{why}")
+        return source.key
+
+    def fail(self, row: Row, exc: BaseException, where: str, seconds: float) -> Row:
+        return replace(self.run.fail(row, exc, where), seconds=seconds)
+
+    def _all_failed(self, exc: BaseException, seconds: float, clean_row: Row | None = None) -> None:
+        """Training (or loading) failed: the clean cell is the error, every other cell not run."""
+        run = self.run
+        row = run.fail(clean_row or self.base.as_clean(), exc, f"{self.name}: {self.step}")
+        row = replace(row, train_seconds=seconds)
+        run.add(row)
+        skipped = f"not run: {self.step} failed ({row.error})"
+        for cell in self.plan.order:
+            if cell.sanity:
+                continue  # not recorded: nothing to check
+            a = self.uses[cell.key]
+            run.rows.append(
+                replace(
+                    self.base.as_attack(
+                        a.label,
+                        a.entry.name,
+                        supplier(a.entry),
+                        a.norm,
+                        cell.eps,
+                        cell.seed,
+                        a.source,
+                    ).as_failed(skipped),
+                    train_seconds=seconds,
+                )
+            )
+        run.report.done += len(self.plan.order)
+        return None
+
+    @staticmethod
+    def _model_flags(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[str]:
         """The model checks (on clean-correct examples); a check that fails to run is a flag."""
         if not len(x):
             return ["no evaluation example is classified correctly"]
@@ -306,54 +484,6 @@ class _Run:
             return model_checks(model, x, y)
         except Exception as exc:
             return [f"model checks failed: {error_line(exc)}"]
-
-    def _source(self, label: str) -> torch.nn.Module:
-        """The model a transfer attack crafts on: defense ``label``'s."""
-        if label not in self.sources:
-            raise RuntimeError(f"source defense {label!r} has no trained model (it failed)")
-        return self.sources[label]
-
-    def _cell(self, base: dict[str, Any], a: AttackUse, eps: float) -> Cell:
-        """Attack ``a`` at ``eps`` on the defense of ``base``, as the scorer runs it."""
-        return Cell(
-            a.label,
-            a.norm,
-            eps,
-            self._seed(base, a, eps),
-            lambda e: a.instantiate(ThreatModel(a.norm, e, self.info.bounds)),
-            a.entry.cls.minimizes,
-            self.info.bounds,
-            a.source,
-            a.label.startswith(SANITY_PREFIX),
-        )
-
-    @staticmethod
-    def _seed(base: dict[str, Any], a: AttackUse, eps: float) -> int:
-        """The cell's seed, from the training seed and the cell's identity."""
-        return cell_seed(base["train_seed"], base["defense"], a.label, a.norm, eps)
-
-    def _prepare(self, model: torch.nn.Module, ev: Data):
-        """The model and the evaluation set on the device, in the evaluation's memory format,
-        with which evaluation examples the model classifies correctly."""
-        model = model.to(self.device).eval()
-        x, y = ev.x.to(self.device), ev.y.to(self.device)
-        if self.bench.evaluation.channels_last and x.dim() == 4:
-            model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        return model, x, y, predict(model, x, self.bench.evaluation.batch_size) == y
-
-    def _attack_row(self, base: dict[str, Any], a: AttackUse, eps: float) -> dict[str, Any]:
-        seed = self._seed(base, a, eps)
-        return base | {
-            "kind": "attack",
-            "attack": a.label,
-            "attack_name": a.entry.name,
-            "attack_plugin": supplier(a.entry),
-            "source": a.source,
-            "norm": a.norm,
-            "eps": eps,
-            "seed": seed,
-        }
 
 
 def run(
@@ -437,10 +567,12 @@ def _execute(
     reporter.start(bench.name, n_cells, str(dev), len(ev))
     for line in kept:
         reporter.note(line)
-    outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy(), bench.evaluation.cascade)
-    state = _Run(bench, registry, dev, info, reporter, writer, outcomes, sanity, fresh)
+    keys = CellKeys(bench.evaluation, examples_digest(ev.x, ev.y), info.bounds)
+    cells = CellStore(bench.output_dir)
+    state = _Run(bench, registry, dev, info, reporter, cells, keys, sanity, train, fresh)
     prov["models"] = state.trained.record  # filled in as the run goes
-    writer.write(state.rows)  # the partial provenance (status "running") from the start
+    prov["cells"] = state.record
+    writer.start()  # the provenance (status "running", pid) from the start
     finished = False
     stopped: BaseException | None = None
     # seed by seed; within a seed, the defenses that transfer attacks craft on come first
@@ -451,13 +583,14 @@ def _execute(
             for seed in seeds:
                 for d in order:
                     if seed in d.seeds:
-                        state.defense(d, seed, train, ev)
+                        state.defense(d, seed, ev)
         finished = True
     except BaseException as exc:
         stopped = exc
         raise
     finally:
-        failed = sum(r["status"] == "error" for r in state.rows)
+        cells.close()
+        failed = sum(r.status == "error" for r in state.rows)
         status = "failed cells" if failed else "complete"
         prov |= {
             "status": status if finished else "interrupted",
@@ -465,14 +598,22 @@ def _execute(
             "seconds": time.perf_counter() - t0,
             "errors": state.errors,
         }
+        outcomes = OutcomeWriter(bench.output_dir, ev_index.numpy(), bench.evaluation.cascade)
+        for where, vector in state.outcomes:
+            outcomes.add(*where, vector)
         if finished:
             outcomes.finish()
             df = writer.finish(state.rows)
         else:
             prov["interrupted"] = error_line(stopped)
+            outcomes.write_partial()
             df = writer.write(state.rows)
             reporter.interrupted(str(writer.partial_csv), str(writer.csv), len(state.rows))
     reporter.finished(str(writer.csv), time.perf_counter() - t0, failed)
+    reporter.note(
+        f"cells: {state.record['computed']} computed, {state.record['reused']} reused from "
+        f"{cells.path}"
+    )
     df.attrs.update(
         csv=str(writer.csv), json=str(writer.json), outcomes=str(outcomes.path), failed=failed
     )

@@ -181,32 +181,13 @@ def _or_inf(cost: float | None) -> float:
     return math.inf if cost is None else cost
 
 
-class Scorer:
-    """The attack cells of one trained model on the evaluation set ``(x, y)`` (on the model's
-    device), under the ``[evaluation]`` settings ``evaluation`` (batch_size, cascade,
-    attack_misclassified, precision; the caller puts model and ``x`` in channels_last).
+class Plan:
+    """The order in which a model's cells run and who attacks what, decided from the cells and
+    the ``[evaluation]`` settings alone (no model needed: the runner keys cells with it before
+    it loads the model)."""
 
-    ``order`` holds the cells in the order to run them (the module docstring says which);
-    :meth:`score` runs one, and must be called in that order (a cell that raised may be
-    skipped). ``clean`` (computed if not given) says which examples are classified correctly
-    without attack. ``source_of(label)`` is the model a transfer attack crafts on.
-    """
-
-    def __init__(
-        self,
-        evaluation: EvaluationConfig,
-        model: nn.Module,
-        x: torch.Tensor,
-        y: torch.Tensor,
-        cells: Sequence[Cell],
-        *,
-        clean: torch.Tensor | None = None,
-        source_of: Callable[[str], nn.Module] | None = None,
-    ) -> None:
+    def __init__(self, evaluation: EvaluationConfig, cells: Sequence[Cell]) -> None:
         self.evaluation = evaluation
-        self.model, self.x, self.y = model, x, y
-        self.clean = predict(model, x, evaluation.batch_size) == y if clean is None else clean
-        self.source_of = source_of
         own = [c for c in cells if not c.sanity]
         # the attack's cost; None where it cannot be built (it fails when scored, recorded)
         cost = {c.key: _cost(c) for c in own}
@@ -224,13 +205,15 @@ class Scorer:
                 continue  # a transfer attack attacks them itself
             if c.budget not in best or (not evaluation.cascade and here > best[c.budget]):
                 self.misclassified_by[c.budget], best[c.budget] = c.key, here
-        #: cascade: per budget, the examples robust to every attack so far, and those attacks
-        self.alive: dict[tuple[str, float], tuple[torch.Tensor, tuple[str, ...]]] = {}
-        #: per minimisation attack (label, norm): its adversarial examples at ε = ∞ and that
-        #: run's outcome
-        self.minimal: dict[tuple[str, str], tuple[torch.Tensor, AttackOutcome]] = {}
+        #: per minimisation attack (label, norm): its first cell in run order, whose seed its
+        #: one run at ε = ∞ uses
+        self.first_minimal: dict[tuple[str, str], Cell] = {}
+        for c in self.order:
+            if c.minimizes:
+                self.first_minimal.setdefault((c.label, c.norm), c)
 
-    def _in_cascade(self, cell: Cell) -> bool:
+    def in_cascade(self, cell: Cell) -> bool:
+        """Whether ``cell`` runs on what the earlier attacks of its budget left robust."""
         return self.evaluation.cascade and not cell.sanity and not cell.source
 
     def attacks_misclassified(self, cell: Cell) -> bool:
@@ -241,13 +224,83 @@ class Scorer:
             return True
         return self.misclassified_by.get(cell.budget) == cell.key
 
+    def minimal_run(self, cell: Cell) -> tuple[Cell, bool]:
+        """A minimisation attack's cell: the cell whose seed its one run uses, and whether
+        that run attacks the misclassified examples (it does if any of its cells does)."""
+        name = (cell.label, cell.norm)
+        everywhere = any(
+            self.attacks_misclassified(c) for c in self.order if (c.label, c.norm) == name
+        )
+        return self.first_minimal[name], everywhere
+
+
+class Scorer:
+    """The attack cells of one trained model on the evaluation set ``(x, y)`` (on the model's
+    device), under the ``[evaluation]`` settings ``evaluation`` (batch_size, cascade,
+    attack_misclassified, precision; the caller puts model and ``x`` in channels_last).
+
+    ``order`` holds the cells in the order to run them (:class:`Plan`; the module docstring
+    says which); :meth:`score` runs one, and must be called in that order (a cell that raised
+    may be skipped; a cell whose outcome is known already, e.g. stored by an earlier run, is
+    given with :meth:`known` instead). ``clean`` (computed if not given) says which examples
+    are classified correctly without attack. ``source_of(label)`` is the model a transfer
+    attack crafts on.
+    """
+
+    def __init__(
+        self,
+        evaluation: EvaluationConfig,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        cells: Sequence[Cell],
+        *,
+        clean: torch.Tensor | None = None,
+        source_of: Callable[[str], nn.Module] | None = None,
+        plan: Plan | None = None,
+    ) -> None:
+        self.evaluation = evaluation
+        self.model, self.x, self.y = model, x, y
+        self.clean = predict(model, x, evaluation.batch_size) == y if clean is None else clean
+        self.source_of = source_of
+        self.plan = plan or Plan(evaluation, cells)
+        self.order = self.plan.order
+        self.misclassified_by = self.plan.misclassified_by
+        #: cascade: per budget, the examples robust to every attack so far, and those attacks
+        self.alive: dict[tuple[str, float], tuple[torch.Tensor, tuple[str, ...]]] = {}
+        #: per minimisation attack (label, norm): its adversarial examples at ε = ∞ and that
+        #: run's outcome
+        self.minimal: dict[tuple[str, str], tuple[torch.Tensor, AttackOutcome]] = {}
+
+    def chain(self, cell: Cell) -> tuple[str, ...]:
+        """In a cascade, the labels of the earlier attacks of ``cell``'s budget that ran (its
+        targets are what they left robust); empty otherwise."""
+        if not self.plan.in_cascade(cell):
+            return ()
+        return self.alive.get(cell.budget, (self.clean, ()))[1]
+
+    def known(self, cell: Cell, outcome: AttackOutcome) -> AttackOutcome:
+        """Take ``outcome`` as ``cell``'s without running it (in run order, as :meth:`score`):
+        a cascade goes on from it. Returns it, its chain filled in as :meth:`score` would."""
+        return self._after(cell, outcome)
+
+    def _after(self, cell: Cell, out: AttackOutcome) -> AttackOutcome:
+        if not self.plan.in_cascade(cell):
+            return out
+        before = self.alive.get(cell.budget, (self.clean, ()))[1]
+        chain = (*before, cell.label)
+        self.alive[cell.budget] = (out.robust, chain)
+        return replace(out, chain=chain)
+
+    def attacks_misclassified(self, cell: Cell) -> bool:
+        """Whether ``cell`` also attacks the clean-misclassified examples (``adv_correct``)."""
+        return self.plan.attacks_misclassified(cell)
+
     def score(self, cell: Cell) -> AttackOutcome:
         """Run ``cell`` (seeded with its seed) and return its outcome."""
-        in_cascade = self._in_cascade(cell)
-        before: tuple[str, ...] = ()
         targets = self.clean
-        if in_cascade:
-            targets, before = self.alive.get(cell.budget, (self.clean, ()))
+        if self.plan.in_cascade(cell):
+            targets = self.alive.get(cell.budget, (self.clean, ()))[0]
         everything = self.attacks_misclassified(cell)
         source = None
         if cell.source:
@@ -269,28 +322,23 @@ class Scorer:
                 misclassified=everything,
                 precision=self.evaluation.precision,
             )
-        if not in_cascade:
-            return out
-        chain = (*before, cell.label)
-        self.alive[cell.budget] = (out.robust, chain)
-        return replace(out, chain=chain)
+        return self._after(cell, out)
 
     def _minimal(
         self, cell: Cell, targets: torch.Tensor, everything: bool, source: nn.Module | None
     ) -> AttackOutcome:
         """Score a minimisation attack at the cell's ε on ``targets`` (the clean-correct
         examples, or in a cascade those still robust). It runs once per model (at its first
-        cell, with that cell's seed and ε = ∞, on every clean-correct example, and on the
-        misclassified ones if it attacks them at any budget); its result is projected into each
-        ε-ball, which keeps every adversarial example that fits the budget."""
+        cell in run order, with that cell's seed and ε = ∞, on every clean-correct example, and
+        on the misclassified ones if it attacks them at any budget; when that cell's outcome
+        was :meth:`known`, at the first cell scored, still with the first cell's seed); its
+        result is projected into each ε-ball, which keeps every adversarial example that fits
+        the budget. Its ``n_attacked`` is counted at its first cell in run order."""
         batch, x, y = self.evaluation.batch_size, self.x, self.y
         name = (cell.label, cell.norm)
-        ran = name not in self.minimal
-        if ran:
-            anywhere = any(
-                self.attacks_misclassified(c) for c in self.order if (c.label, c.norm) == name
-            )
-            seed_everything(cell.seed)
+        first, anywhere = self.plan.minimal_run(cell)
+        if name not in self.minimal:
+            seed_everything(first.seed)
             x_adv = x.clone()
             out = attack_outcome(
                 self.model,
@@ -309,7 +357,7 @@ class Scorer:
         x_eps = ThreatModel(cell.norm, cell.eps, cell.bounds).project(x_adv, x)
         correct = predict(self.model, x_eps, batch) == y
         adv_correct = correct if everything and out.adv_correct is not None else None
-        n_attacked = out.n_attacked if ran else 0  # later budgets reuse the first run
+        n_attacked = out.n_attacked if cell is first else 0  # later budgets reuse its run
         return AttackOutcome(
             targets & correct, out.n_violations, out.max_violation, adv_correct, n_attacked
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -135,6 +136,19 @@ def test_validate_run_and_leaderboard(tmp_path):
     assert result.exit_code == 2 and "no results.csv" in result.output
 
 
+def _stored_cells(out) -> int:
+    """The cells a run has finished so far (its cell store, robench.cellstore)."""
+    import sqlite3
+
+    if not (out / "cells.sqlite").exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(out / "cells.sqlite", timeout=10)) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM cells").fetchone()[0]
+        except sqlite3.OperationalError:  # the table is being created
+            return 0
+
+
 @pytest.mark.slow
 def test_kill_stops_a_run_with_its_finished_cells_and_status_interrupted(tmp_path):
     """`kill` (SIGTERM) on `robench run`: exit 143, one line, the cells finished so far in
@@ -160,8 +174,7 @@ def test_kill_stops_a_run_with_its_finished_cells_and_status_interrupted(tmp_pat
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            partial = out / "results.partial.csv"
-            if partial.exists() and partial.read_text().count("\n") > 3:
+            if _stored_cells(out) >= 3:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()

@@ -107,8 +107,19 @@ def _models(df: pd.DataFrame) -> dict:
         return json.load(fh)["models"]
 
 
+def _cells(df: pd.DataFrame) -> dict:
+    with open(df.attrs["json"]) as fh:
+        return json.load(fh)["cells"]
+
+
 def _run(config, registry, **kwargs):
     return robench.run(config, registry=registry, quiet=True, **kwargs)
+
+
+def _forget_cells(tmp_path) -> None:
+    """Drop the stored evaluation cells (robench.cellstore), so that a rerun must score the
+    models again: it then reuses (or trains) them through the model store."""
+    (tmp_path / "out" / "cells.sqlite").unlink()
 
 
 def test_a_rerun_trains_nothing_and_gives_the_same_table(tmp_path, registry, capfd):
@@ -126,6 +137,8 @@ def test_a_rerun_trains_nothing_and_gives_the_same_table(tmp_path, registry, cap
     assert sidecar["cell"]["versions"]["robench"] == robench.__version__
     assert sidecar["device"]["device"] == "cpu" and "commit" in sidecar["git"]
     assert len(_models(first)["stored"]) == 2
+    n_cells = int((first["kind"] != "worst-case").sum())
+    assert _cells(first) | {"file": ""} == {"file": "", "computed": n_cells, "reused": 0}
 
     capfd.readouterr()
     again = robench.run(_config(tmp_path), registry=registry)
@@ -136,6 +149,18 @@ def test_a_rerun_trains_nothing_and_gives_the_same_table(tmp_path, registry, cap
     for key in keys:
         stored = json.loads((out / f"{key}.json").read_text())
         assert clean[key] == pytest.approx(stored["train_seconds"])
+    # every cell was stored: nothing computed, and not even a model loaded
+    assert _cells(again) | {"file": ""} == {"file": "", "computed": 0, "reused": n_cells}
+    assert _models(again)["reused"] == [] and _models(again)["stored"] == []
+    err = capfd.readouterr().err
+    assert "its stored cells are reused" in err and "training" not in err
+    assert f"cells: 0 computed, {n_cells} reused from" in err
+
+    # without the cells, the models are scored again: reused from the model store
+    _forget_cells(tmp_path)
+    again = robench.run(_config(tmp_path), registry=registry)
+    assert sorted(Counted.fits) == ["0.0", "0.1"]
+    pd.testing.assert_frame_equal(_results(again), _results(first))
     err = capfd.readouterr().err
     assert f"a: reused {keys[0]} (trained " in err or f"a: reused {keys[1]} (trained " in err
     assert "training" not in err
@@ -205,6 +230,7 @@ def test_the_cli_fresh_flag_trains_again(tmp_path):
 
     first = models()
     assert len(first["stored"]) == 1 and first["reused"] == []
+    _forget_cells(tmp_path)
     assert models()["reused"] == first["stored"]
     fresh = models("--fresh")
     assert fresh["fresh"] is True and fresh["stored"] == first["stored"] and fresh["reused"] == []
@@ -216,6 +242,7 @@ def test_a_model_half_written_is_not_used(tmp_path, registry, capfd, lost):
     key = first.loc[first["defense"] == "a", "model_key"].iloc[0]
     out = tmp_path / "out" / "models"
     (out / f"{key}.{'json' if lost == 'sidecar' else 'safetensors'}").unlink()
+    _forget_cells(tmp_path)
     capfd.readouterr()
     again = robench.run(_config(tmp_path), registry=registry)
     assert Counted.fits == ["0.0", "0.1", "0.0"]  # defense a alone trained again
@@ -246,6 +273,7 @@ def test_a_corrupt_stored_model_is_trained_again_with_a_note(tmp_path, registry,
         record |= {"bytes": 64, "sha256": hashlib.sha256(b"\x00" * 64).hexdigest()}
         sidecar.write_text(json.dumps(record))
         expected = "is not loadable"
+    _forget_cells(tmp_path)
     capfd.readouterr()
     again = robench.run(_config(tmp_path), registry=registry)
     assert Counted.fits == ["0.0", "0.1", "0.0"]
@@ -255,6 +283,7 @@ def test_a_corrupt_stored_model_is_trained_again_with_a_note(tmp_path, registry,
     (note,) = _models(again)["not_used"]
     assert expected in note["why"]
     # stored again, whole: the next run reuses it
+    _forget_cells(tmp_path)
     _run(_config(tmp_path), registry)
     assert len(Counted.fits) == 3
 
@@ -262,6 +291,7 @@ def test_a_corrupt_stored_model_is_trained_again_with_a_note(tmp_path, registry,
 def test_weights_that_do_not_fit_the_restored_module_are_not_used(tmp_path, registry, capfd):
     config = _config(tmp_path, defenses=[{"name": "wraps"}])
     first = _run(config, registry)
+    _forget_cells(tmp_path)
     capfd.readouterr()
     again = robench.run(config, registry=registry)
     assert WrapsWithoutRestore.fits == 2  # restore() gives the bare model: keys differ
@@ -277,10 +307,26 @@ def test_transfer_sources_work_with_reused_models(tmp_path):
         attacks=[{"name": "fgsm", "label": "from-base", "source": "base", "eps": [0.2]}],
     )
     first = robench.run(config, quiet=True)
+    _forget_cells(tmp_path)
     again = robench.run(config, quiet=True)
     assert len(_models(again)["reused"]) == 2
     assert (again["status"] == "ok").all()
     pd.testing.assert_frame_equal(_results(again), _results(first))
+
+
+def test_a_new_defense_crafts_on_a_source_whose_cells_were_all_stored(tmp_path):
+    """The source defense's cells are all reused, so its model is loaded (from the model store)
+    only when the new defense's transfer cell needs it."""
+    defenses = [{"name": "standard", "label": "base"}, {"name": "fast-at", "eps": 0.1}]
+    attacks = [{"name": "fgsm", "label": "from-base", "source": "base", "eps": [0.2]}]
+    first = robench.run(_config(tmp_path, defenses=defenses, attacks=attacks), quiet=True)
+    more = [*defenses, {"name": "standard", "label": "other", "training": {"lr": 5e-3}}]
+    again = robench.run(_config(tmp_path, defenses=more, attacks=attacks), quiet=True)
+    assert (again["status"] == "ok").all()
+    assert len(_models(again)["reused"]) == 1 and len(_models(again)["stored"]) == 1
+    assert _cells(again)["computed"] == 2  # the new defense's clean and transfer cells
+    old = again[again["defense"] != "other"]
+    pd.testing.assert_frame_equal(_results(old), _results(first))
 
 
 def test_an_art_preprocessing_defense_round_trips_through_the_store(tmp_path):
@@ -296,6 +342,7 @@ def test_an_art_preprocessing_defense_round_trips_through_the_store(tmp_path):
     from safetensors.torch import load_file
 
     assert all(k.startswith("model.") for k in load_file(str(weights)))  # the wrapper's keys
+    _forget_cells(tmp_path)
     again = robench.run(config, quiet=True)
     assert [short(k) for k in _models(again)["reused"]] == [key]
     pd.testing.assert_frame_equal(_results(again), _results(first))

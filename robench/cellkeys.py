@@ -1,0 +1,137 @@
+"""The keys of evaluation cells (:mod:`robench.cellstore`) and of models loaded, not trained.
+
+A model trained by a run is keyed by its training cell (:func:`robench.store.training_cell`);
+a model that a defense loads (``checkpoint``, RobustBench) by its weights' SHA-256 together with
+the model and defense plugins that build and wrap it (:func:`loaded_model_key`). An evaluation
+cell is keyed by the scored model's key and everything else that decides its outcome
+(:class:`CellKeys`); cells whose outcome depends on other cells say how: a cascade's attack names
+the keys of the attacks it ran after, the attack that also attacks the clean-misclassified
+examples says so, and a minimisation attack names the seed of its one run and whether that run
+attacked the misclassified examples. Everything that can differ between two runs of one cell
+is in the record, so adding an attack to a benchmark leaves the keys of the others as they were
+(except where it changes who attacks the misclassified examples, or a cascade's order).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from robench.cellstore import evaluation_cell
+from robench.store import cell_key
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robench.config import AttackUse, PluginUse
+    from robench.schema import EvaluationConfig
+    from robench.scoring import Cell, Plan
+
+#: what a loaded model's record looks like; changing it bumps it
+LOADED_FORMAT = 1
+
+
+def _plugin(u: PluginUse) -> dict[str, Any]:
+    return {"name": u.entry.name, "params": u.params.model_dump(mode="json")}
+
+
+def _digest(tensors: list[tuple[str, torch.Tensor]]) -> str:
+    """SHA-256 over named tensors by value (name, dtype, shape and bytes of each, in order)."""
+    h = hashlib.sha256()
+    for name, t in tensors:
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def weights_digest(module: nn.Module) -> str:
+    """SHA-256 of ``module``'s state_dict, by value."""
+    return _digest([(k, v) for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)])
+
+
+def loaded_model_key(defense: PluginUse, model: PluginUse, module: nn.Module) -> str:
+    """The key of a model that ``defense`` loaded (trained elsewhere): its weights' digest and
+    the plugins that built it (not the file's path: the same weights elsewhere are the same
+    model)."""
+    record = {
+        "format": LOADED_FORMAT,
+        "loaded": {"defense": _plugin(defense), "model": _plugin(model)},
+        "weights": weights_digest(module),
+    }
+    return cell_key(record)
+
+
+def examples_digest(x: torch.Tensor, y: torch.Tensor) -> str:
+    """SHA-256 of the evaluation examples, by value."""
+    return _digest([("x", x), ("y", y)])
+
+
+class CellKeys:
+    """The evaluation cells' records and keys of one run: the evaluation examples, the settings
+    that decide outcomes, the data's bounds, and robench's and torch's versions are common to
+    every cell; :meth:`clean` and :meth:`attack` add the rest."""
+
+    def __init__(
+        self,
+        evaluation: EvaluationConfig,
+        examples: str,
+        bounds: tuple[float, float],
+    ) -> None:
+        import robench
+
+        self.common = {
+            "examples": examples,
+            "bounds": list(bounds),
+            "evaluation": evaluation.model_dump(
+                mode="json",
+                include={
+                    "batch_size",
+                    "precision",
+                    "channels_last",
+                    "attack_misclassified",
+                    "cascade",
+                },
+            ),
+            "versions": {"robench": robench.__version__, "torch": torch.__version__},
+        }
+
+    def clean(self, model_key: str) -> tuple[dict[str, Any], str]:
+        """The clean cell of a model: its clean-correct examples and the model checks."""
+        return evaluation_cell("clean", model=model_key, **self.common)
+
+    def attack(
+        self,
+        cell: Cell,
+        use: AttackUse,
+        plugin: str,
+        plan: Plan,
+        model_key: str,
+        source_key: str,
+        after: list[str],
+    ) -> tuple[dict[str, Any], str]:
+        """The cell of attack ``use`` (supplied by distribution ``plugin``, "name version") at
+        ``cell``'s budget, on model ``model_key``; ``source_key``: a transfer attack's source
+        model ("": white-box); ``after``: in a cascade, the keys of the cells it runs after."""
+        minimal = None
+        if cell.minimizes:
+            first, everywhere = plan.minimal_run(cell)
+            minimal = {"seed": first.seed, "misclassified": everywhere, "first": cell is first}
+        versions = self.common["versions"] | {"plugin": plugin}
+        return evaluation_cell(
+            "attack",
+            model=model_key,
+            **(self.common | {"versions": versions}),
+            attack={
+                **_plugin(use),
+                "norm": cell.norm,
+                "eps": cell.eps,
+                "seed": cell.seed,
+                "sanity": cell.sanity,
+            },
+            source=source_key,
+            misclassified=plan.attacks_misclassified(cell),
+            after=list(after),
+            minimal=minimal,
+        )
