@@ -5,11 +5,11 @@ a model that a defense loads (``checkpoint``, RobustBench) by its weights' SHA-2
 the model and defense plugins that build and wrap it (:func:`loaded_model_key`). An evaluation
 cell is keyed by the scored model's key and everything else that decides its outcome
 (:class:`CellKeys`); cells whose outcome depends on other cells say how: a cascade's attack names
-the keys of the attacks it ran after, the attack that also attacks the clean-misclassified
-examples says so, and a minimisation attack names the seed of its one run and whether that run
-attacked the misclassified examples. Everything that can differ between two runs of one cell
-is in the record, so adding an attack to a benchmark leaves the keys of the others as they were
-(except where it changes who attacks the misclassified examples, or a cascade's order).
+the keys of the attacks it ran after, and a minimisation attack the seed of its one run. The
+part of an attack that attacks the clean-misclassified examples (one attack per budget,
+:mod:`robench.scoring`) is a cell of its own (:meth:`CellKeys.misclassified`). Everything that
+can differ between two runs of one cell is in its record, so adding an attack to a benchmark
+leaves the keys of the others as they were (except where it changes a cascade's order).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from robench.cellstore import evaluation_cell
+from robench.scoring import MAIN, MISCLASSIFIED
 from robench.store import cell_key
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -116,8 +117,8 @@ class CellKeys:
         model ("": white-box); ``after``: in a cascade, the keys of the cells it runs after."""
         minimal = None
         if cell.minimizes:
-            first, everywhere = plan.minimal_run(cell)
-            minimal = {"seed": first.seed, "misclassified": everywhere, "first": cell is first}
+            first = plan.minimal_first(cell, MAIN)
+            minimal = {"seed": first.seed, "first": cell is first}
         versions = self.common["versions"] | {"plugin": plugin}
         return evaluation_cell(
             "attack",
@@ -131,7 +132,16 @@ class CellKeys:
                 "sanity": cell.sanity,
             },
             source=source_key,
-            misclassified=plan.attacks_misclassified(cell),
             after=list(after),
             minimal=minimal,
         )
+
+    @staticmethod
+    def misclassified(record: dict[str, Any], cell: Cell, plan: Plan) -> tuple[dict[str, Any], str]:
+        """The cell of the part of attack cell ``record`` that attacks the clean-misclassified
+        examples (:meth:`robench.scoring.Scorer.score_misclassified`)."""
+        part = dict(record, kind="misclassified", after=[])
+        if cell.minimizes:
+            first = plan.minimal_first(cell, MISCLASSIFIED)
+            part["minimal"] = {"seed": first.seed, "first": cell is first}
+        return evaluation_cell(**part)

@@ -18,12 +18,20 @@ from robench.training import LossFn, ProgressFn, TrainingConfig, train_loop
 
 if TYPE_CHECKING:  # pragma: no cover
     from robench.attack import Attack
+    from robench.resume import EpochCheckpoints, Stateful
     from robench.specs import AttackSpec
 
 
 @dataclass(frozen=True)
 class TrainContext:
-    """Everything a defense gets besides the model and the data."""
+    """Everything a defense gets besides the model and the data.
+
+    ``checkpoints``: where :meth:`train` saves the training's state after every epoch and
+    resumes it from (:mod:`robench.resume`), so that an interrupted training goes on at its
+    last finished epoch; None: no per-epoch checkpoints. Only training through :meth:`train`
+    (:func:`robench.training.train_loop`) resumes: a defense with a loop of its own trains from
+    the start again after an interruption.
+    """
 
     training: TrainingConfig
     device: torch.device
@@ -33,9 +41,12 @@ class TrainContext:
     make_attack: Callable[[AttackSpec], Attack]
     #: called after each epoch with (epoch, epochs, mean loss)
     progress: ProgressFn | None = None
+    #: per-epoch checkpoints of this training (None: none are kept)
+    checkpoints: EpochCheckpoints | None = None
 
     def train(self, model: nn.Module, data: Data, loss: LossFn) -> nn.Module:
-        """Run :func:`robench.training.train_loop` with this context's settings."""
+        """Run :func:`robench.training.train_loop` with this context's settings (and its
+        per-epoch checkpoints)."""
         return train_loop(
             model,
             data,
@@ -44,7 +55,16 @@ class TrainContext:
             device=self.device,
             seed=self.seed,
             progress=self.progress,
+            checkpoints=self.checkpoints,
         )
+
+    def keep_state(self, name: str, obj: Stateful) -> None:
+        """Keep ``obj``'s state (``state_dict``/``load_state_dict``) in the per-epoch
+        checkpoints: for state of a defense's loss that outlives an epoch, e.g. an ε warm-up's
+        step counter, which a resumed training must not start from 0. Call it before
+        :meth:`train`; without checkpoints it does nothing."""
+        if self.checkpoints is not None:
+            self.checkpoints.track(name, obj)
 
     def with_training_defaults(self, defaults: Mapping[str, Any]) -> TrainContext:
         """This context with ``defaults`` for the training settings nobody set explicitly.

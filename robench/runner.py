@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -291,27 +291,13 @@ class _Model:
             where = f"{self.name}: {a.label} {a.norm} eps={cell.eps:g}"
             t1 = time.perf_counter()
             try:
-                record, key = run.keys.attack(
-                    cell,
-                    a,
-                    f"{a.entry.distribution} {a.entry.version}",
-                    self.plan,
-                    model_key,
-                    self._source_key(a.source),
-                    after.get(cell.budget, []) if self.plan.in_cascade(cell) else [],
+                key, found, m, reused_here = self._attack(
+                    cell, a, model_key, after.get(cell.budget, []), t1
                 )
-                found = self._lookup(key)
-                if found is None:
-                    found = self._compute(cell, key, record, t1)
-                    reused_here = False
-                else:
-                    reused_here = True
-                    self._known(cell, found)
             except Exception as exc:
                 row = self.fail(row, exc, where, time.perf_counter() - t1)
                 run.add(row)
                 continue
-            m = found.measured
             row = row.with_measured(m)
             if self.plan.in_cascade(cell):
                 after.setdefault(cell.budget, []).append(key)
@@ -414,17 +400,69 @@ class _Model:
         else:
             self.known.append((cell, out))
 
-    def _compute(self, cell: Cell, key: str, record: dict[str, Any], t0: float) -> StoredCell:
-        """Run the cell, store it, and return it as stored."""
-        out = self._scorer().score(cell)
+    def _attack(
+        self, cell: Cell, a: AttackUse, model_key: str, after: list[str], t0: float
+    ) -> tuple[str, StoredCell, Measured, bool]:
+        """An attack cell, read back from the store or computed and stored: its key, its stored
+        main part, what its row shows (with the part on the clean-misclassified examples, when
+        it has one: a cell of its own), and whether nothing had to be computed."""
+        run = self.run
+        record, key = run.keys.attack(
+            cell,
+            a,
+            f"{a.entry.distribution} {a.entry.version}",
+            self.plan,
+            model_key,
+            self._source_key(a.source),
+            after if self.plan.in_cascade(cell) else [],
+        )
+        main = self._lookup(key)
+        reused = main is not None
+        if main is None:
+            main = self._compute(key, record, t0, lambda s: s.score_main(cell))
+        else:
+            self._known(cell, main)
+        m = main.measured
+        if not self.plan.attacks_misclassified(cell):
+            return key, main, m, reused
+        record, part_key = run.keys.misclassified(record, cell, self.plan)
+        part = self._lookup(part_key)
+        if part is None:
+            reused = False
+            t1 = time.perf_counter()
+            part = self._compute(part_key, record, t1, lambda s: s.score_misclassified(cell))
+        p = part.measured
+        n = len(main.outcome)
+        return (
+            key,
+            main,
+            replace(
+                m,
+                adv_accuracy=(m.n_correct + p.n_correct) / n,
+                n_attacked=(m.n_attacked or 0) + (p.n_attacked or 0),
+                n_violations=m.n_violations + p.n_violations,
+                max_violation=max(m.max_violation, p.max_violation),
+                seconds=m.seconds + p.seconds,
+            ),
+            reused,
+        )
+
+    def _compute(
+        self,
+        key: str,
+        record: dict[str, Any],
+        t0: float,
+        score: Callable[[Scorer], AttackOutcome],
+    ) -> StoredCell:
+        """Run ``score`` (a part of a cell) with this model's scorer, store the result, and
+        return it as stored."""
+        out = score(self._scorer())
         robust = out.robust
         n = len(robust)
-        adv = None if out.adv_correct is None else int(out.adv_correct.sum()) / n
         measured = Measured(
             int(robust.sum()),
             int(robust.sum()) / n,
             time.perf_counter() - t0,
-            adv_accuracy=adv,
             n_attacked=out.n_attacked,
             n_violations=out.n_violations,
             max_violation=out.max_violation,

@@ -16,10 +16,14 @@ one model on its evaluation set ``(x, y)`` under the ``[evaluation]`` settings
   expensive by :func:`cascade_cost`, the first of them in run order on a tie (the strongest
   attack, whose number the worst case rests on). The other attacks of that budget run on the
   clean-correct examples only and have no ``adv_correct`` (None). Transfer and sanity attacks
-  attack the misclassified examples too, each (they have a protocol of their own);
+  attack the misclassified examples too, each (they have a protocol of their own). That part
+  runs apart from the attack on the clean-correct examples, after it and with a seed of its own
+  (:func:`misclassified_seed`), so an attack's robust accuracy never depends on whether it had
+  the part (adding a stronger attack to a budget leaves the others' outcomes as they were);
 - minimisation attacks (:attr:`Attack.minimizes`) run once per model with ε = ∞, on every
-  clean-correct example, seeded with the seed of their first cell in run order; every budget
-  projects that result into its ε-ball;
+  clean-correct example, seeded with the seed of their first cell in run order (and once on
+  the misclassified examples, if one of their cells has that part); every budget projects that
+  result into its ε-ball;
 - before each attack runs, the global generators are seeded with the cell's seed
   (:func:`robench.reproducibility.seed_everything`); the runner derives it as
   ``cell_seed(training seed, defense label, attack label, norm, ε)``, and so does
@@ -40,7 +44,7 @@ from torch import nn
 
 from robench.attack import Attack, craft
 from robench.precision import Precision, attack_precision
-from robench.reproducibility import seed_everything
+from robench.reproducibility import cell_seed, seed_everything
 from robench.schema import EvaluationConfig
 from robench.threat import ThreatModel
 
@@ -118,6 +122,15 @@ def attack_outcome(
         adv_correct if misclassified else None,
         len(idx),
     )
+
+
+#: the two parts of a cell: its attack on its targets, and on the clean-misclassified examples
+MAIN, MISCLASSIFIED = "main", "misclassified"
+
+
+def misclassified_seed(seed: int) -> int:
+    """The seed of a cell's part on the clean-misclassified examples (from the cell's seed)."""
+    return cell_seed(seed, MISCLASSIFIED)
 
 
 def cascade_cost(attack: Attack) -> float:
@@ -224,14 +237,17 @@ class Plan:
             return True
         return self.misclassified_by.get(cell.budget) == cell.key
 
-    def minimal_run(self, cell: Cell) -> tuple[Cell, bool]:
-        """A minimisation attack's cell: the cell whose seed its one run uses, and whether
-        that run attacks the misclassified examples (it does if any of its cells does)."""
-        name = (cell.label, cell.norm)
-        everywhere = any(
-            self.attacks_misclassified(c) for c in self.order if (c.label, c.norm) == name
+    def minimal_first(self, cell: Cell, part: str) -> Cell:
+        """A minimisation attack's cell: the first cell of its attack in run order that needs
+        ``part`` (``MAIN``: every cell; ``MISCLASSIFIED``: those that attack the
+        misclassified examples), whose seed that part's one run uses."""
+        if part == MAIN:
+            return self.first_minimal[(cell.label, cell.norm)]
+        return next(
+            c
+            for c in self.order
+            if (c.label, c.norm) == (cell.label, cell.norm) and self.attacks_misclassified(c)
         )
-        return self.first_minimal[name], everywhere
 
 
 class Scorer:
@@ -297,18 +313,23 @@ class Scorer:
         return self.plan.attacks_misclassified(cell)
 
     def score(self, cell: Cell) -> AttackOutcome:
-        """Run ``cell`` (seeded with its seed) and return its outcome."""
+        """Run ``cell`` whole and return its outcome: :meth:`score_main`, then, if the cell
+        attacks the clean-misclassified examples, :meth:`score_misclassified` (its
+        ``adv_correct`` then covers every example)."""
+        main = self.score_main(cell)
+        if not self.attacks_misclassified(cell):
+            return main
+        return combine(main, self.score_misclassified(cell))
+
+    def score_main(self, cell: Cell) -> AttackOutcome:
+        """Run ``cell`` on its targets (the clean-correct examples; in a cascade those every
+        earlier attack of its budget left robust), seeded with the cell's seed."""
         targets = self.clean
         if self.plan.in_cascade(cell):
             targets = self.alive.get(cell.budget, (self.clean, ()))[0]
-        everything = self.attacks_misclassified(cell)
-        source = None
-        if cell.source:
-            if self.source_of is None:
-                raise ValueError(f"no model to craft transfer attack {cell.label!r} on")
-            source = self.source_of(cell.source)
+        source = self._source(cell)
         if cell.minimizes:
-            out = self._minimal(cell, targets, everything, source)
+            out = self._minimal(cell, targets, source, MAIN)
         else:
             seed_everything(cell.seed)
             out = attack_outcome(
@@ -319,45 +340,85 @@ class Scorer:
                 targets,
                 self.evaluation.batch_size,
                 source=source,
-                misclassified=everything,
                 precision=self.evaluation.precision,
             )
         return self._after(cell, out)
 
+    def score_misclassified(self, cell: Cell) -> AttackOutcome:
+        """Run ``cell``'s attack on the clean-misclassified examples alone, for the robust ≤
+        clean check, seeded with :func:`misclassified_seed` of the cell's seed (so the main
+        part's outcome is the same whether or not this part runs). Its ``robust`` says, per
+        example, whether the adversarial example of a misclassified example is classified
+        correctly (False on the clean-correct ones)."""
+        wrong = ~self.clean
+        source = self._source(cell)
+        if cell.minimizes:
+            return self._minimal(cell, wrong, source, MISCLASSIFIED)
+        seed_everything(misclassified_seed(cell.seed))
+        return attack_outcome(
+            self.model,
+            cell.build(cell.eps),
+            self.x,
+            self.y,
+            wrong,
+            self.evaluation.batch_size,
+            source=source,
+            precision=self.evaluation.precision,
+        )
+
+    def _source(self, cell: Cell) -> nn.Module | None:
+        if not cell.source:
+            return None
+        if self.source_of is None:
+            raise ValueError(f"no model to craft transfer attack {cell.label!r} on")
+        return self.source_of(cell.source)
+
     def _minimal(
-        self, cell: Cell, targets: torch.Tensor, everything: bool, source: nn.Module | None
+        self, cell: Cell, targets: torch.Tensor, source: nn.Module | None, part: str
     ) -> AttackOutcome:
-        """Score a minimisation attack at the cell's ε on ``targets`` (the clean-correct
-        examples, or in a cascade those still robust). It runs once per model (at its first
-        cell in run order, with that cell's seed and ε = ∞, on every clean-correct example, and
-        on the misclassified ones if it attacks them at any budget; when that cell's outcome
-        was :meth:`known`, at the first cell scored, still with the first cell's seed); its
+        """Score a minimisation attack at the cell's ε on ``targets``. Each part (``MAIN``:
+        the clean-correct examples; ``MISCLASSIFIED``: the others) runs once per model, at
+        ε = ∞, seeded from the first cell in run order that needs it
+        (:meth:`Plan.minimal_first`), even when that cell's outcome was :meth:`known`; its
         result is projected into each ε-ball, which keeps every adversarial example that fits
-        the budget. Its ``n_attacked`` is counted at its first cell in run order."""
+        the budget. Its ``n_attacked`` is counted at that first cell."""
         batch, x, y = self.evaluation.batch_size, self.x, self.y
-        name = (cell.label, cell.norm)
-        first, anywhere = self.plan.minimal_run(cell)
+        first = self.plan.minimal_first(cell, part)
+        name = (cell.label, cell.norm, part)
         if name not in self.minimal:
-            seed_everything(first.seed)
+            seed = first.seed if part == MAIN else misclassified_seed(first.seed)
+            seed_everything(seed)
             x_adv = x.clone()
+            attacked = self.clean if part == MAIN else ~self.clean
             out = attack_outcome(
                 self.model,
                 cell.build(math.inf),
                 x,
                 y,
-                self.clean,
+                attacked,
                 batch,
                 keep=x_adv,
                 source=source,
-                misclassified=anywhere,
                 precision=self.evaluation.precision,
             )
             self.minimal[name] = (x_adv, out)
         x_adv, out = self.minimal[name]
         x_eps = ThreatModel(cell.norm, cell.eps, cell.bounds).project(x_adv, x)
         correct = predict(self.model, x_eps, batch) == y
-        adv_correct = correct if everything and out.adv_correct is not None else None
         n_attacked = out.n_attacked if cell is first else 0  # later budgets reuse its run
         return AttackOutcome(
-            targets & correct, out.n_violations, out.max_violation, adv_correct, n_attacked
+            targets & correct, out.n_violations, out.max_violation, None, n_attacked
         )
+
+
+def combine(main: AttackOutcome, misclassified: AttackOutcome) -> AttackOutcome:
+    """A cell's outcome from its two parts (:meth:`Scorer.score_main` on the clean-correct
+    examples, :meth:`Scorer.score_misclassified` on the others)."""
+    return AttackOutcome(
+        main.robust,
+        main.n_violations + misclassified.n_violations,
+        max(main.max_violation, misclassified.max_violation),
+        main.robust | misclassified.robust,
+        main.n_attacked + misclassified.n_attacked,
+        main.chain,
+    )

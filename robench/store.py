@@ -16,7 +16,10 @@ Layout, under ``<output_dir>/models/``:
   library; ``<key20>`` is the first 20 hex digits of the key);
 - ``<key20>.json``: the sidecar: the full key, the training cell, the weights file's name, size
   and SHA-256, versions, device, training seconds, per-epoch losses, creation time and robench's
-  git commit.
+  git commit;
+- ``<key20>.resume.pt``: while the model trains, the state after its last finished epoch
+  (:mod:`robench.resume`), from which an interrupted training resumes; deleted once the model
+  is stored.
 
 Every write is atomic (a temporary file in the same folder, fsync, ``os.replace``), the weights
 first and the sidecar last: a model is stored only when its sidecar exists, carries the key and
@@ -37,6 +40,7 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from robench import faults
 from robench.results import atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -158,6 +162,10 @@ class ModelStore:
         name = short(key)
         return self.dir / f"{name}.safetensors", self.dir / f"{name}.json"
 
+    def resume_path(self, key: str) -> Path:
+        """The per-epoch resume file of ``key``'s training (:mod:`robench.resume`)."""
+        return self.dir / f"{short(key)}.resume.pt"
+
     def lookup(self, key: str) -> tuple[Stored | None, str]:
         """The stored model of ``key``, or None with why a sidecar found is not usable ("" when
         there is none: nothing stored)."""
@@ -206,6 +214,7 @@ class ModelStore:
         sidecar.unlink(missing_ok=True)  # a model being replaced is not stored meanwhile
         data = save(weights)
         atomic_write(weights_path, data)
+        faults.point("model-write")  # a test's kill between the weights and the sidecar
         full = {
             "key": key,
             "weights": weights_path.name,

@@ -6,10 +6,17 @@ run is ``fresh``, a model stored under that key is rebuilt (``Defense.restore``)
 instead of training, and a model trained here is stored under it. A stored model that cannot be
 used is one progress line, and the defense trains again. A defense that trains nothing
 (``checkpoint``) is neither looked up nor stored.
+
+While a model trains, its training saves a resume file after every epoch
+(:mod:`robench.resume`, ``models/<key20>.resume.pt``); a training of the same cell interrupted
+before its model was stored resumes there (``fresh`` deletes the file first and starts over).
+The stored sidecar's ``epoch_losses`` and ``train_seconds`` then cover every session, and the
+file is deleted once the model is stored (or when a stored model is reused).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +34,7 @@ from robench.errors import ConfigError, error_line
 from robench.progress import Reporter
 from robench.registry import Registry
 from robench.reproducibility import seed_everything
+from robench.resume import EpochCheckpoints
 
 
 class TrainedModels:
@@ -55,6 +63,8 @@ class TrainedModels:
             "stored": [],
             "not_used": [],
             "not_stored": [],
+            #: trainings that resumed from a resume file: ``{"key", "epoch"}``
+            "resumed": [],
         }
         self._git: dict[str, Any] | None = None
 
@@ -83,6 +93,11 @@ class TrainedModels:
             losses.append(loss)
             self.report.epoch(d.label, epoch, epochs, loss)
 
+        checkpoints = None
+        if key:
+            checkpoints = EpochCheckpoints(
+                self.store.resume_path(key), key, note=lambda text: self.report.note(f"  {text}")
+            )
         ctx = TrainContext(
             training=d.training,
             device=self.device,
@@ -90,20 +105,50 @@ class TrainedModels:
             info=self.info,
             make_attack=self.make_attack,
             progress=progress,
+            checkpoints=checkpoints,
         )
         why_not = ""
         if key and not self.fresh:
             model, found, why_not = self._reuse(d, ctx, seed, key, name)
             if model is not None:
+                self._discard(checkpoints)  # left by a run killed right after storing it
                 return model, found
         self.report.training(name, d.entry.cls.trains)
         if why_not:
             self.report.note(f"  stored model {store.short(key)} not used: {why_not}")
+        if self.fresh and not self._discard(checkpoints):  # it would resume: none at all
+            checkpoints = None
+            ctx = dataclasses.replace(ctx, checkpoints=None)
         t0 = time.perf_counter()
         model = d.instantiate().fit(self._build(d, seed), train, ctx)
-        if cell is not None:
-            self._save(d, cell, key, model, time.perf_counter() - t0, losses)
+        seconds = time.perf_counter() - t0
+        if checkpoints is not None:
+            k = checkpoints.resumed_epoch
+            if k:
+                self.record["resumed"].append({"key": key, "epoch": k})
+                if not losses:  # every epoch was restored: the reporter's last loss is the file's
+                    self.report.epoch(d.label, k, k, checkpoints.restored_losses[-1])
+            # the epochs trained before an interruption, and the time they took
+            losses = checkpoints.restored_losses + losses
+            seconds += checkpoints.prior_seconds
+        if cell is not None and self._save(d, cell, key, model, seconds, losses):
+            self._discard(checkpoints)
         return model, None
+
+    def _discard(self, checkpoints: EpochCheckpoints | None) -> bool:
+        """Delete a resume file; a failure is a note (a stale file is harmless: it resumes a
+        training at its end, or is deleted by the next training of its cell that finishes).
+        True when no file is left."""
+        if checkpoints is None:
+            return True
+        try:
+            checkpoints.discard()
+        except OSError as exc:
+            self.report.note(
+                f"  resume file {checkpoints.path.name} not deleted: {error_line(exc)}"
+            )
+            return False
+        return True
 
     def _build(self, d: DefenseUse, seed: int) -> nn.Module:
         """A fresh model for ``d``, built after seeding with ``seed`` (as training starts)."""
@@ -142,8 +187,9 @@ class TrainedModels:
         model: nn.Module,
         seconds: float,
         losses: list[float],
-    ) -> None:
-        """Store a freshly trained model under ``key``; a failure is a note, never an error."""
+    ) -> bool:
+        """Store a freshly trained model under ``key``; a failure is a note, never an error.
+        True when it was stored."""
         if self._git is None:
             import robench
 
@@ -168,5 +214,6 @@ class TrainedModels:
             why = error_line(exc)
             self.record["not_stored"].append({"key": key, "why": why})
             self.report.note(f"  model {store.short(key)} not stored: {why}")
-            return
+            return False
         self.record["stored"].append(key)
+        return True

@@ -116,6 +116,13 @@ def _run(config, registry, **kwargs):
     return robench.run(config, registry=registry, quiet=True, **kwargs)
 
 
+def _n_stored(tmp_path) -> int:
+    from robench.cellstore import CellStore
+
+    with CellStore(tmp_path / "out") as cells:
+        return len(cells)
+
+
 def _forget_cells(tmp_path) -> None:
     """Drop the stored evaluation cells (robench.cellstore), so that a rerun must score the
     models again: it then reuses (or trains) them through the model store."""
@@ -170,13 +177,20 @@ def test_a_rerun_trains_nothing_and_gives_the_same_table(tmp_path, registry, cap
 
 def test_adding_an_attack_trains_nothing_and_keeps_the_old_numbers(tmp_path, registry):
     first = _run(_config(tmp_path), registry)
+    n_stored = _n_stored(tmp_path)
     more = [{"name": "fgsm", "eps": [0.1, 0.2]}, {"name": "pgd", "eps": [0.1, 0.3], "steps": 3}]
     again = _run(_config(tmp_path, attacks=more), registry)
     assert len(Counted.fits) == 2  # the first run's only
+    # only the new cells ran: per defense, PGD at two budgets, each with its part on the
+    # clean-misclassified examples (PGD is now each budget's most expensive attack), stored as
+    # a cell of its own
+    assert _cells(again)["computed"] == 2 * 2
+    assert _n_stored(tmp_path) == n_stored + 2 * 2 * 2
     old = _results(again[again["attack"].isin(["clean", "fgsm"])])
     before = _results(first[first["kind"] != "worst-case"])
     # one attack per budget also attacks the clean-misclassified examples (robench.scoring): at
-    # ε = 0.1 that is now PGD, so FGSM's adv_accuracy (and n_attacked) there change by design
+    # ε = 0.1 that is now PGD, so FGSM's adv_accuracy (and n_attacked) there change by design;
+    # its robust accuracy does not
     by_design = ["adv_accuracy", "n_attacked"]
     pd.testing.assert_frame_equal(old.drop(columns=by_design), before.drop(columns=by_design))
     untouched = old["eps"] != 0.1

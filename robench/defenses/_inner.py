@@ -44,6 +44,14 @@ class InnerAttack:
             self.spec = self.spec.model_copy(update={"params": params})
             self.full = ctx.make_attack(self.spec)
         self.step = 0
+        # the ε warm-up's batch counter: a training resumed after an epoch goes on from it
+        ctx.keep_state("inner_attack", self)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
 
     def __iter__(self) -> InnerAttack:
         return self
