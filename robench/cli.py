@@ -96,8 +96,8 @@ _data_root = click.option(
 @click.option(
     "--fresh",
     is_flag=True,
-    help="Train every model again instead of reusing those stored under the output folder "
-    "(models/), replacing them.",
+    help="Train and score everything again instead of reusing the models and cells stored "
+    "under the output folder (models/, cells.sqlite), replacing them.",
 )
 def run(
     benchmark: Path,
@@ -110,8 +110,10 @@ def run(
 ) -> None:
     """Train every defense of BENCHMARK (a TOML file) and score it against every attack.
 
-    A trained model is stored under the output folder (models/<key>.safetensors) and reused by
-    later runs of the same training cell; --fresh trains again.
+    Every finished cell is stored under the output folder (cells.sqlite) and every trained model
+    (models/<key>.safetensors): running it again, or after adding an attack, computes only what
+    is not stored, and a run killed at any moment goes on where it stopped (a training from its
+    last finished epoch). --fresh computes everything again.
 
     Exit status: 0 all cells succeeded, 1 some cell failed (recorded in its row),
     2 invalid benchmark, 128 + N stopped by signal N (130: Ctrl-C, 143: SIGTERM).

@@ -91,7 +91,8 @@ class Reporter:
             self._bar.stop()
             self._bar = None
 
-    def cell(self, row: dict[str, Any]) -> None:
+    def cell(self, row: dict[str, Any], reused: bool = False) -> None:
+        """A finished cell (``reused``: read back from the cell store, not computed)."""
         self._stop_bar()
         self.done += 1
         what = row["attack"]
@@ -105,7 +106,8 @@ class Reporter:
                 result += f"  [yellow]({row['n_violations']} out-of-budget results projected)[/]"
         else:
             result = f"[red]failed: {row['error']}[/]"
-        self._print(f"  [{self.done}/{self.total}] {what}: {result}  ({row['seconds']:.1f} s)")
+        took = "stored by an earlier run" if reused else f"{row['seconds']:.1f} s"
+        self._print(f"  [{self.done}/{self.total}] {what}: {result}  ({took})")
 
     def flags(self, defense: str, flags: list[str]) -> None:
         for flag in flags:

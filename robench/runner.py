@@ -152,7 +152,7 @@ class _Run:
                 ((row.defense, row.train_seed, row.attack, row.norm, row.eps), outcome)
             )
         self.record["reused" if reused else "computed"] += row.status == "ok"
-        self.report.cell(row.as_dict())
+        self.report.cell(row.as_dict(), reused and row.status == "ok")
 
     def defense(self, d: DefenseUse, seed: int, ev: Data) -> None:
         """Score the model of ``d`` trained with ``seed``: clean, under every attack × ε, and
@@ -538,15 +538,21 @@ def run(
     """Run a benchmark and return its results table (also written under its output folder).
 
     ``config`` is a TOML path, a dict in the same shape, or a validated :class:`Benchmark`.
-    The table is rewritten after every cell into ``results.partial.csv``, so an interruption
-    loses at most the cell in progress, and replaces ``results.csv`` when the run finishes (a
-    run that does not finish leaves the previous results as they were; :mod:`robench.rundir`).
-    A cell that fails is recorded (``status = "error"``) and the run goes on. Ctrl-C, SIGTERM
-    and SIGHUP stop the run with status ``interrupted`` and raise KeyboardInterrupt.
+    Every cell is stored in the output folder's cell store as it finishes
+    (:mod:`robench.cellstore`, ``cells.sqlite``: one transaction per cell), so a kill at any
+    moment loses at most the cell in progress; ``results.csv``, ``results.json`` and
+    ``outcomes.npz`` are written from the cells when the run finishes (a run that does not
+    finish leaves the previous results as they were; :mod:`robench.rundir`).
+    Rerunning reuses every cell stored under its key (:mod:`robench.cellkeys`) and computes the
+    rest; a model is trained or loaded only if one of its cells must be computed. A defense's
+    trained model is stored under the output folder (``models/``, keyed by its training cell:
+    :mod:`robench.store`) and reused instead of training it again; a training interrupted
+    after an epoch resumes there (:mod:`robench.resume`). ``fresh`` ignores both stores: it
+    trains and scores everything again (replacing what is stored).
+    A cell that fails is recorded (``status = "error"``, never stored) and the run goes on.
+    Ctrl-C, SIGTERM and SIGHUP stop the run with status ``interrupted`` (its rows so far in
+    ``results.partial.csv``) and raise KeyboardInterrupt.
     ``threads`` (else the file's ``threads``) sets torch's CPU threads for the run.
-    A defense's trained model is stored under the output folder (``models/``, keyed by its
-    training cell: :mod:`robench.store`) and reused by every later run of the same cell instead
-    of training it again; ``fresh`` trains every model again (replacing those stored).
     ``df.attrs`` holds the paths written and the number of failed cells.
     """
     registry = registry or get_registry()

@@ -138,14 +138,12 @@ def test_killed_during_training_resumes_at_the_last_finished_epoch(tmp_path, uni
 
 
 def test_killed_inside_a_cell_write_loses_that_cell_alone(tmp_path, uninterrupted):
-    before, after, prov = _killed_then_resumed(tmp_path, uninterrupted, "cell-write:4")
+    before, _, prov = _killed_then_resumed(tmp_path, uninterrupted, "cell-write:4")
     assert len(before) == 3  # the 4th cell's transaction never committed
     assert prov["cells"]["reused"] >= 2 and prov["cells"]["computed"] > 0
 
 
-def test_killed_between_a_models_weights_and_its_sidecar_trains_it_again(
-    tmp_path, uninterrupted
-):
+def test_killed_between_a_models_weights_and_its_sidecar_trains_it_again(tmp_path, uninterrupted):
     before, _, prov = _killed_then_resumed(tmp_path, uninterrupted, "model-write:1")
     assert before == {}  # killed before the first model was stored: nothing scored yet
     models = ModelStore(tmp_path / "out").dir

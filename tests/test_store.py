@@ -420,3 +420,19 @@ def test_store_writes_leave_no_temporary_files(tmp_path):
     loaded = store.load(found)
     assert torch.equal(loaded["0.weight"], shared.weight) and set(loaded) == set(model.state_dict())
     assert store.lookup("cd" * 32) == (None, "")
+
+
+def test_cells_and_models_of_another_robench_version_are_not_mixed_in(
+    tmp_path, registry, monkeypatch
+):
+    first = _run(_config(tmp_path), registry)
+    n_cells = int((first["kind"] != "worst-case").sum())
+    monkeypatch.setattr(robench, "__version__", "99.0.0")
+    again = _run(_config(tmp_path), registry)
+    assert len(Counted.fits) == 4  # both defenses trained again
+    assert _cells(again)["computed"] == n_cells and _cells(again)["reused"] == 0
+    assert set(again["model_key"]).isdisjoint(first["model_key"])
+    # the same numbers: only the version differs
+    pd.testing.assert_frame_equal(
+        _results(again).drop(columns="model_key"), _results(first).drop(columns="model_key")
+    )
