@@ -25,8 +25,8 @@ COLUMNS = (
     "defense_name",  # the registered defense ("adversarial"); "defense" is its label
     "defense_plugin",  # who supplied it: "distribution version (plugin)"
     "model",
-    "model_key",  # the trained model's key in the output folder's store (models/<key>.*);
-    # "" for a defense that trains nothing (checkpoint)
+    "model_key",  # the model's key (20 hex digits): a trained model's in the output folder's
+    # store (models/<key>.*); a loaded one's (checkpoint) from its weights (robench.cellkeys)
     "kind",  # "clean" | "attack" | "sanity" | "worst-case"
     "attack",
     "attack_name",  # the registered attack ("pgd", "art.SquareAttack"); "attack" is its label

@@ -220,6 +220,20 @@ class _Model:
             a.label.startswith(SANITY_PREFIX),
         )
 
+    def _row(self, cell: Cell) -> Row:
+        """The row of an attack cell, before it is scored."""
+        a = self.uses[cell.key]
+        return self.base.as_attack(
+            a.label,
+            a.entry.name,
+            supplier(a.entry),
+            a.norm,
+            cell.eps,
+            cell.seed,
+            a.source,
+            cell.sanity,
+        )
+
     def _lookup(self, key: str) -> StoredCell | None:
         return None if self.run.fresh else self.run.cells.get(key)
 
@@ -278,16 +292,7 @@ class _Model:
         after: dict[tuple[str, float], list[str]] = {}  # cascade: keys of the cells so far
         for cell in self.plan.order:
             a = self.uses[cell.key]
-            row = self.base.as_attack(
-                a.label,
-                a.entry.name,
-                supplier(a.entry),
-                a.norm,
-                cell.eps,
-                cell.seed,
-                a.source,
-                cell.sanity,
-            )
+            row = self._row(cell)
             where = f"{self.name}: {a.label} {a.norm} eps={cell.eps:g}"
             t1 = time.perf_counter()
             try:
@@ -495,21 +500,7 @@ class _Model:
         for cell in self.plan.order:
             if cell.sanity:
                 continue  # not recorded: nothing to check
-            a = self.uses[cell.key]
-            run.rows.append(
-                replace(
-                    self.base.as_attack(
-                        a.label,
-                        a.entry.name,
-                        supplier(a.entry),
-                        a.norm,
-                        cell.eps,
-                        cell.seed,
-                        a.source,
-                    ).as_failed(skipped),
-                    train_seconds=seconds,
-                )
-            )
+            run.rows.append(replace(self._row(cell).as_failed(skipped), train_seconds=seconds))
         run.report.done += len(self.plan.order)
         return None
 
