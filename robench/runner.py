@@ -207,15 +207,17 @@ class _Model:
         return [(a, eps) for a in (*self.run.bench.attacks, *self.run.sanity) for eps in a.eps]
 
     def _cell(self, a: AttackUse, eps: float) -> Cell:
-        """Attack ``a`` at ``eps`` on this model, as the scorer runs it."""
+        """Attack ``a`` at ``eps`` on this model, as the scorer runs it (its ``build`` holds no
+        reference to this object: no cycle keeps a model alive after its cells)."""
+        bounds = self.run.info.bounds
         return Cell(
             a.label,
             a.norm,
             eps,
             cell_seed(self.seed, self.d.label, a.label, a.norm, eps),
-            lambda e: a.instantiate(ThreatModel(a.norm, e, self.run.info.bounds)),
+            lambda e: a.instantiate(ThreatModel(a.norm, e, bounds)),
             a.entry.cls.minimizes,
-            self.run.info.bounds,
+            bounds,
             a.source,
             a.label.startswith(SANITY_PREFIX),
         )

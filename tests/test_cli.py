@@ -137,7 +137,7 @@ def test_validate_run_and_leaderboard(tmp_path):
 
 
 def _stored_cells(out) -> int:
-    """The cells a run has finished so far (its cell store, robench.cellstore)."""
+    """The cells a run has stored so far (its cell store, robench.cellstore)."""
     import sqlite3
 
     if not (out / "cells.sqlite").exists():
@@ -160,6 +160,7 @@ def test_kill_stops_a_run_with_its_finished_cells_and_status_interrupted(tmp_pat
     bench.write_text(
         'name = "long"\noutput_dir = "out"\n[dataset]\nname = "digits"\n[model]\n'
         'name = "small-cnn"\n[training]\nepochs = 1\n[evaluation]\nn_examples = 64\n'
+        "sanity = false\n"
         + "".join(f'[[defenses]]\nname = "standard"\nlabel = "s{i}"\n' for i in range(50))
         + '[[attacks]]\nname = "pgd"\neps = [0.1]\nsteps = 50\n'
     )
@@ -174,7 +175,9 @@ def test_kill_stops_a_run_with_its_finished_cells_and_status_interrupted(tmp_pat
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
-            if _stored_cells(out) >= 3:
+            # the first defense's three cells (clean, PGD, PGD's part on the misclassified
+            # examples) and one of the next: the first defense's rows are all done
+            if _stored_cells(out) >= 4:
                 break
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()

@@ -390,9 +390,12 @@ def test_foolbox_attacks_through_robench_run(tmp_path, monkeypatch) -> None:
     config["evaluation"] = {"n_examples": 100, "batch_size": 100}
     df = robench.run(config, quiet=True)
     assert (df["status"] == "ok").all(), df["error"].dropna().tolist()
-    # the minimisation attack ran once (one batch), at ε = ∞, and was scored at every ε
+    # the minimisation attack ran once (one batch) on the clean-correct examples and once on
+    # the misclassified ones (a part of its own, robench.scoring), at ε = ∞, and was scored at
+    # every ε
     deepfool = [c for c in calls if c[0] == "foolbox.L2DeepFoolAttack"]
-    assert len(deepfool) == 1 and deepfool[0][1] == float("inf")
+    assert len(deepfool) == 2 and {c[1] for c in deepfool} == {float("inf")}
+    assert sum(c[2] for c in deepfool) == 100
     rows = df[(df["kind"] == "attack") & (df["attack"] == "foolbox.L2DeepFoolAttack")]
     rows = rows.sort_values("eps")
     assert list(rows["eps"]) == eps and (rows["n_violations"] == 0).all()
