@@ -43,7 +43,8 @@ def _digest(tensors: list[tuple[str, torch.Tensor]]) -> str:
     for name, t in tensors:
         t = t.detach().to("cpu").contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # no copy
     return h.hexdigest()
 
 
@@ -65,7 +66,7 @@ def loaded_model_key(defense: PluginUse, model: PluginUse, module: nn.Module) ->
 
 
 def examples_digest(x: torch.Tensor, y: torch.Tensor) -> str:
-    """SHA-256 of the evaluation examples, by value."""
+    """SHA-256 of examples (the evaluation set, a training split), by value."""
     return _digest([("x", x), ("y", y)])
 
 

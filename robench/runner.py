@@ -132,7 +132,14 @@ class _Run:
         self.record: dict[str, Any] = {"file": str(cells.path), "reused": 0, "computed": 0}
         #: each defense's model: reused from the output folder's store, or trained and stored
         self.trained = TrainedModels(
-            bench, registry, info, device, reporter, self.make_attack, fresh
+            bench,
+            registry,
+            info,
+            device,
+            reporter,
+            self.make_attack,
+            fresh,
+            train_digest=examples_digest(train.x, train.y),
         )
 
     def make_attack(self, spec: AttackSpec):

@@ -1,7 +1,8 @@
 """Trained models as durable, content-addressed artifacts under a run's output folder.
 
 A *training cell* is what determines a trained model: the dataset (name, resolved parameters,
-and :attr:`DatasetInfo.note`, which says which files were read), the model (name, parameters),
+and the SHA-256 of its training split's tensors, by value: the same data read from another
+folder or machine is the same cell, other data is not), the model (name, parameters),
 the defense (name, parameters, inner attack specs included), the resolved training settings, the
 training seed, and the versions of robench, torch and every plugin distribution involved. Its
 *key* is the SHA-256 of the canonical JSON of that record (:func:`training_cell`,
@@ -54,7 +55,7 @@ MODELS_DIR = "models"
 #: hex digits of the key in file names (80 bits); the sidecar holds all 64 and is checked
 SHORT = 20
 #: the layout of the training-cell record; changing what a key covers bumps it
-CELL_FORMAT = 1
+CELL_FORMAT = 2
 
 
 class StoreError(Exception):
@@ -87,16 +88,24 @@ def cell_entries(bench: Benchmark, d: DefenseUse, registry: Registry) -> list[En
 
 
 def training_cell(
-    bench: Benchmark, d: DefenseUse, seed: int, info: DatasetInfo, registry: Registry
+    bench: Benchmark,
+    d: DefenseUse,
+    seed: int,
+    info: DatasetInfo,
+    registry: Registry,
+    train_digest: str,
 ) -> dict[str, Any]:
-    """The record that determines the model ``d`` trains with ``seed``: what its key hashes."""
+    """The record that determines the model ``d`` trains with ``seed``: what its key hashes.
+    ``train_digest``: the training split's SHA-256 (:func:`robench.cellkeys.examples_digest`);
+    ``info.note`` (which names the folder read) is left out, so that a data root spelt or
+    placed differently keeps the keys."""
     import robench
 
     model = d.model or bench.model
     entries = cell_entries(bench, d, registry)
     return {
         "format": CELL_FORMAT,
-        "dataset": {**_plugin(bench.dataset), "note": info.note},
+        "dataset": {**_plugin(bench.dataset), "train": train_digest},
         "model": _plugin(model),
         "defense": _plugin(d),
         "training": d.training.model_dump(mode="json"),

@@ -49,9 +49,12 @@ class TrainedModels:
         report: Reporter,
         make_attack: Callable,
         fresh: bool = False,
+        train_digest: str = "",
     ) -> None:
         self.bench, self.registry, self.info, self.device = bench, registry, info, device
         self.report, self.make_attack = report, make_attack
+        #: the training split's SHA-256 (by value), part of every training cell's key
+        self.train_digest = train_digest
         #: the models stored under the output folder; ``fresh``: train every model again (and
         #: replace those stored) instead of reusing them
         self.store, self.fresh = store.ModelStore(bench.output_dir), fresh
@@ -73,7 +76,9 @@ class TrainedModels:
         that trains nothing: its model is not stored)."""
         if not d.entry.cls.trains:
             return None, ""
-        record = store.training_cell(self.bench, d, seed, self.info, self.registry)
+        record = store.training_cell(
+            self.bench, d, seed, self.info, self.registry, self.train_digest
+        )
         return record, store.cell_key(record)
 
     def get(

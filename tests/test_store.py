@@ -123,6 +123,23 @@ def _n_stored(tmp_path) -> int:
         return len(cells)
 
 
+def test_the_data_root_s_spelling_does_not_change_the_keys(tmp_path, registry, data_root):
+    """The training data is keyed by value: real MNIST read through the data root spelt
+    another way (a link elsewhere, another machine's mount) reuses every model and cell."""
+    config = _config(
+        tmp_path,
+        dataset={"name": "mnist"},
+        training={"epochs": 1, "lr": 3e-3, "train_examples": 256},
+        defenses=[{"name": "counted", "label": "a"}],
+    )
+    first = _run(config, registry, data_root=data_root)
+    link = tmp_path / "elsewhere"
+    link.symlink_to(data_root.resolve(), target_is_directory=True)
+    again = _run(config, registry, data_root=link)
+    assert Counted.fits == ["0.0"] and _cells(again)["computed"] == 0
+    pd.testing.assert_frame_equal(_results(again), _results(first))
+
+
 def _forget_cells(tmp_path) -> None:
     """Drop the stored evaluation cells (robench.cellstore), so that a rerun must score the
     models again: it then reuses (or trains) them through the model store."""
@@ -362,10 +379,14 @@ def test_an_art_preprocessing_defense_round_trips_through_the_store(tmp_path):
     pd.testing.assert_frame_equal(_results(again), _results(first))
 
 
+#: a training split's digest (robench.cellkeys.examples_digest), as the runner passes it
+DATA = "0" * 64
+
+
 def _key(tmp_path, registry, **overrides) -> str:
     bench = load_benchmark(_config(tmp_path, **overrides), registry=registry, check_data=False)
     info = bench.dataset.instantiate().info(None)
-    return cell_key(training_cell(bench, bench.defenses[0], 0, info, registry))
+    return cell_key(training_cell(bench, bench.defenses[0], 0, info, registry, DATA))
 
 
 def test_the_key_covers_the_training_cell_and_the_versions(tmp_path, registry, monkeypatch):
@@ -387,9 +408,11 @@ def test_the_key_covers_the_training_cell_and_the_versions(tmp_path, registry, m
     bench = load_benchmark(_config(tmp_path), registry=registry, check_data=False)
     info = bench.dataset.instantiate().info(None)
     d = bench.defenses[0]
-    assert cell_key(training_cell(bench, d, 1, info, registry)) != key  # the seed
+    assert cell_key(training_cell(bench, d, 1, info, registry, DATA)) != key  # the seed
     newer = dataclasses.replace(d, entry=dataclasses.replace(d.entry, version="9.9"))
-    assert cell_key(training_cell(bench, newer, 0, info, registry)) != key  # plugin version
+    assert cell_key(training_cell(bench, newer, 0, info, registry, DATA)) != key  # plugin version
+    # the training data, by value
+    assert cell_key(training_cell(bench, d, 0, info, registry, "other data")) != key
     monkeypatch.setattr(robench, "__version__", "9.9.9")
     assert _key(tmp_path, registry) != key
 
