@@ -198,7 +198,7 @@ class _Model:
         self.uses = {
             (a.label, a.norm, eps): a for a in (*bench.attacks, *run.sanity) for eps in a.eps
         }
-        cells = [self._cell(a, eps) for a, eps in self.uses_in_order()]
+        cells = [self._cell(a, eps) for (_, _, eps), a in self.uses.items()]
         self.plan = Plan(bench.evaluation, cells)
         self.model: torch.nn.Module | None = None
         self.scorer: Scorer | None = None
@@ -209,9 +209,6 @@ class _Model:
         self.model_failed = ""
         #: the model's key ("" until known)
         self.key = ""
-
-    def uses_in_order(self) -> list[tuple[AttackUse, float]]:
-        return [(a, eps) for a in (*self.run.bench.attacks, *self.run.sanity) for eps in a.eps]
 
     def _cell(self, a: AttackUse, eps: float) -> Cell:
         """Attack ``a`` at ``eps`` on this model, as the scorer runs it (its ``build`` holds no

@@ -281,7 +281,6 @@ class Scorer:
         self.source_of = source_of
         self.plan = plan or Plan(evaluation, cells)
         self.order = self.plan.order
-        self.misclassified_by = self.plan.misclassified_by
         #: cascade: per budget, the examples robust to every attack so far, and those attacks
         self.alive: dict[tuple[str, float], tuple[torch.Tensor, tuple[str, ...]]] = {}
         #: per minimisation attack (label, norm): its adversarial examples at ε = ∞ and that
