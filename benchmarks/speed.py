@@ -1,6 +1,6 @@
 """How fast is robench, on the same model, examples and budget as the libraries people use?
 
-Four sections (``--sections``, all by default):
+Five sections (``--sections``, all by default):
 
 evaluation
     Robust accuracy of one model at L∞ ε (default 0.1) on the first ``--n`` test images
@@ -37,6 +37,10 @@ evaluation
     epochs). The first is where early stopping pays; on the second most examples stay robust
     and every PGD step is taken, so its speed-up is the honest floor. Speed-up = tool's time /
     robench's time (``ratio_or_speedup``: robench in fp32; ``speedup_vs_fast``: in bf16+cl).
+autoattack
+    robench's ``autoattack`` against ``torchattacks.AutoAttack`` and ART's ``AutoAttack`` on
+    the same two models and ε, on the first ``--aa-n`` images (``speed_autoattack.py`` says
+    exactly what each tool runs); target ≥ 3× faster than torchattacks at ≤ its robust accuracy.
 adapter
     robench's ``art.ProjectedGradientDescent`` and ``foolbox.LinfPGD`` adapters (through
     ``robench.attack.craft``) against the same library attack called directly, on the
@@ -126,9 +130,10 @@ from robench.training import TrainingConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # this folder: adapter_overhead.py
 from adapter_overhead import _adapter, _direct_art, _direct_foolbox, art_classifier
+from speed_autoattack import autoattack_rows
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = ("evaluation", "adapter", "training", "contract")
+SECTIONS = ("evaluation", "autoattack", "adapter", "training", "contract")
 FAST_ROBENCH = "robench bf16+cl"
 FAST_TA = "torchattacks bf16+cl"
 SEED = 0
@@ -733,6 +738,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--train-examples", type=int, default=20000)
     ap.add_argument("--checkpoint-dir", type=Path, default=None, help="cache trained models")
     ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated")
+    ap.add_argument("--aa-n", type=int, default=500, help="autoattack: test images")
+    ap.add_argument("--aa-repeats", type=int, default=1, help="autoattack: timed runs per tool")
+    ap.add_argument(
+        "--aa-art-n", type=int, default=50, help="autoattack: images for ART's (0: skip it)"
+    )
     ap.add_argument(
         "--contract-batch", type=int, default=None, help="ResNet batch (32 CPU, 512 CUDA)"
     )
@@ -761,13 +771,13 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"{dataset}: {len(y)} test images, {trainer.n_train} training images; {where}")
 
     rows: list[dict[str, Any]] = []
-    if {"evaluation", "adapter"} & set(args.sections):
+    if {"evaluation", "autoattack", "adapter"} & set(args.sections):
         models = {
             f"{trainer.model_name} standard": trainer.trained(
                 "standard", 0.0, 1, args.checkpoint_dir
             )
         }
-        if "evaluation" in args.sections:
+        if {"evaluation", "autoattack"} & set(args.sections):
             models[f"{trainer.model_name} fast-at ε={args.train_eps:g}"] = trainer.trained(
                 "fast-at", args.train_eps, 2, args.checkpoint_dir
             )
@@ -778,6 +788,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             has_ta = _has_torchattacks()
             for label, model in models.items():
                 rows += evaluation_rows(label, model, x, y, args, info.bounds, has_ta)
+        if "autoattack" in args.sections:
+            has_ta = _has_torchattacks()
+            for label, model in models.items():
+                rows += autoattack_rows(label, model, x, y, args, info.bounds, has_ta)
         if "adapter" in args.sections:
             label, model = next(iter(models.items()))
             rows += adapter_rows(label, model, x, y, args)

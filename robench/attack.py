@@ -43,7 +43,7 @@ import math
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import ClassVar, final
+from typing import TYPE_CHECKING, ClassVar, final
 
 import torch
 from torch import nn
@@ -52,6 +52,9 @@ from robench.errors import ContractError
 from robench.plugin import Params, Plugin
 from robench.snapshot import ModelSnapshot
 from robench.threat import NORMS, TOLERANCE, Norm, ThreatModel
+
+if TYPE_CHECKING:  # pragma: no cover
+    from robench.dataset import DatasetInfo
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,9 @@ class Attack(Plugin):
     #: uses no gradients (random noise, score- or decision-based black-box attacks): it should
     #: not beat the white-box attacks; when it does, the gradients are masked
     gradient_free: ClassVar[bool] = False
+    #: an ensemble (:meth:`fooled_by`): its gradient-free components. When they fool examples
+    #: its gradient attacks left robust, the gradients are masked (a trust check flags it)
+    gradient_free_components: ClassVar[tuple[str, ...]] = ()
 
     def cost(self) -> float:
         """Rough cost per example, in forward-backward passes (FGSM: 1, PGD-k: k).
@@ -96,6 +102,23 @@ class Attack(Plugin):
                 f"(supports {', '.join(self.norms)})"
             )
         self.threat = threat
+
+    @classmethod
+    def check(cls, params: Params, info: DatasetInfo) -> None:
+        """Raise :class:`~robench.errors.ConfigError` (``field``: the parameter at fault) if
+        ``params`` cannot work on the dataset ``info`` describes, e.g. more target classes than
+        it has. ``robench run`` and ``robench validate`` call it before anything runs; the
+        default accepts everything."""
+
+    def fooled_by(self) -> dict[str, int]:
+        """An ensemble (such as ``autoattack``): for each of its components, how many examples it
+        fooled first, summed over every call of this instance; empty for a single attack.
+
+        The scorer reads it before and after a cell and reports the difference in the results'
+        ``fooled_by`` column. The counts are the ensemble's own full-precision verdicts on its
+        projected results.
+        """
+        return {}
 
     @abstractmethod
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -68,8 +68,15 @@ class Measured:
     max_violation: float = 0.0
     #: a cascade's attacks so far ("+"-joined; "" outside a cascade)
     attacks: str = ""
+    #: an ensemble attack: the examples each component fooled ("apgd-ce 412, apgd-t 3, ...")
+    fooled_by: str = ""
     #: clean cells: the model checks' flags ("; "-joined)
     flags: str = ""
+
+    def fooled_counts(self) -> tuple[tuple[str, int], ...]:
+        """:attr:`fooled_by` as (component, examples) pairs."""
+        pairs = (part.rsplit(" ", 1) for part in self.fooled_by.split(", ") if part)
+        return tuple((name, int(n)) for name, n in pairs)
 
 
 @dataclass(frozen=True)

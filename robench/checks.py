@@ -10,14 +10,19 @@ each) in the ``flags`` column of the defense's clean row and in the leaderboard:
   the clean-misclassified examples attacked too: robust accuracy itself counts only examples
   that are correct clean, so it cannot exceed clean accuracy by construction), robust accuracy
   growing with ε, a single-step attack beating the iterative ones, a gradient-free attack
-  beating the white-box ones.
+  beating the white-box ones (also inside an ensemble: Square fooling examples that
+  AutoAttack's gradient attacks left robust), and an attack that has not converged (the
+  convergence sanity attack, with more steps and restarts, lower than every attack of the
+  benchmark at that budget).
 
 A flag is a reason to distrust a number, not proof of a bug; an honest defense raises none.
 
 Unless ``[evaluation] sanity = false``, every defense is also scored by the sanity attacks of
 :func:`sanity_attacks`, whatever the benchmark lists: PGD at L∞ ε = 0.5 (half the data range),
-which must bring accuracy to chance (:func:`chance_check`), and random noise at each of the
-benchmark's budgets, which must not beat the white-box attacks.
+which must bring accuracy to chance (:func:`chance_check`); and at each of the benchmark's
+budgets random noise and Square (:data:`SQUARE_QUERIES` queries), gradient-free attacks that
+must not beat the white-box ones, and APGD-CE with :data:`CONVERGE_RESTARTS` restarts of
+:data:`CONVERGE_STEPS` steps, which must not beat them markedly (:data:`CONVERGE_MARGIN`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,19 @@ SANITY_PREFIX = "sanity:"
 LARGE_EPS = 0.5
 #: the label of the sanity PGD at that budget
 SANITY_PGD = f"{SANITY_PREFIX}pgd-{LARGE_EPS:g}"
+
+#: the gradient-free sanity attack: Square with this many queries at every budget
+SANITY_SQUARE = f"{SANITY_PREFIX}square"
+SQUARE_QUERIES = 500
+#: the convergence sanity attack: APGD-CE, more steps and restarts than a benchmark's attacks
+SANITY_CONVERGE = f"{SANITY_PREFIX}apgd-converge"
+CONVERGE_STEPS = 100
+CONVERGE_RESTARTS = 3
+#: how far the convergence attack may go below every attack of the benchmark at its budget
+#: before the benchmark's attacks count as not converged: two points (in accuracy) and
+#: :data:`CONVERGE_EXAMPLES` examples, whichever is more (a few examples are noise)
+CONVERGE_MARGIN = 0.02
+CONVERGE_EXAMPLES = 5
 
 #: examples used by the model checks
 N_CHECK = 256
@@ -97,6 +115,10 @@ class Score:
     #: attacked too), None if they were not attacked; and the clean accuracy
     adv_accuracy: float | None = None
     clean_accuracy: float | None = None
+    #: an ensemble (autoattack): per component, the examples it fooled first
+    fooled_by: tuple[tuple[str, int], ...] = ()
+    #: a gradient-free component of that ensemble (its fooled examples are masking evidence)
+    free_components: tuple[str, ...] = ()
 
 
 def _tolerance(n: int) -> float:
@@ -149,17 +171,55 @@ def result_checks(scores: Iterable[Score]) -> list[str]:
         free = [s for s in group if s.gradient_free]
         flags += _beats(single, iterative, f"single-step beats iterative at {norm} {eps:g}")
         flags += _beats(free, gradient, f"gradient-free beats white-box at {norm} {eps:g}")
+        flags += _not_converged(group, norm, eps)
+    for s in scores:
+        flags += _ensemble_free(s)
     return flags
 
 
+def _ensemble_free(s: Score) -> list[str]:
+    """A flag if a gradient-free component of an ensemble fooled more than the tolerance's share
+    of the examples: its gradient attacks, which ran first, left those robust."""
+    free = sum(n for name, n in s.fooled_by if name in s.free_components)
+    if not s.n_examples or free / s.n_examples <= _tolerance(s.n_examples):
+        return []
+    names = "+".join(name for name, _ in s.fooled_by if name in s.free_components)
+    return [
+        f"gradient-free beats white-box at {s.norm} {s.eps:g}: in {s.attack}, {names} fooled "
+        f"{free} examples ({100 * free / s.n_examples:.1f}%) its gradient attacks left robust"
+    ]
+
+
+def _not_converged(group: list[Score], norm: str, eps: float) -> list[str]:
+    """A flag if the convergence sanity attack beats every attack of the benchmark at this
+    budget by more than :data:`CONVERGE_MARGIN`."""
+    converge = [s for s in group if s.attack == SANITY_CONVERGE]
+    own = [s for s in group if not s.attack.startswith(SANITY_PREFIX)]
+    if not (converge and own):
+        return []
+    c = converge[0]
+    best = min(own, key=lambda s: s.accuracy)
+    margin = max(CONVERGE_MARGIN, CONVERGE_EXAMPLES / max(c.n_examples, 1))
+    if c.accuracy >= best.accuracy - margin:
+        return []
+    return [
+        f"not converged at {norm} {eps:g}: APGD-CE with {CONVERGE_RESTARTS} restarts of "
+        f"{CONVERGE_STEPS} steps leaves {100 * c.accuracy:.1f}% < {best.attack} "
+        f"{100 * best.accuracy:.1f}%"
+    ]
+
+
 def sanity_attacks(bench: Benchmark, registry: Registry, info: DatasetInfo) -> list[AttackUse]:
-    """The sanity attacks for ``bench``: PGD-20 at L∞ ε = 0.5 (of the data range), and random
-    noise (the native ``noise`` attack) at every budget of the benchmark's attacks."""
+    """The sanity attacks for ``bench``: PGD-20 at L∞ ε = 0.5 (of the data range), and at every
+    budget of the benchmark's attacks random noise (the native ``noise`` attack), Square
+    (:data:`SQUARE_QUERIES` queries) and the convergence attack (:data:`SANITY_CONVERGE`)."""
     from robench.config import AttackUse
 
     lo, hi = info.bounds
     pgd = registry.get("attack", "pgd")
     noise = registry.get("attack", "noise")
+    square = registry.get("attack", "square")
+    apgd = registry.get("attack", "apgd")
     uses = [
         AttackUse(
             pgd,
@@ -171,16 +231,18 @@ def sanity_attacks(bench: Benchmark, registry: Registry, info: DatasetInfo) -> l
     ]
     for norm in ("linf", "l2"):
         budgets = sorted({e for a in bench.attacks if a.norm == norm for e in a.eps if e > 0})
-        if budgets:
-            uses.append(
-                AttackUse(
-                    noise,
-                    noise.cls.Params(),
-                    label=f"{SANITY_PREFIX}noise",
-                    norm=norm,
-                    eps=tuple(budgets),
-                )
-            )
+        if not budgets:
+            continue
+        for entry, params, label in (
+            (noise, noise.cls.Params(), f"{SANITY_PREFIX}noise"),
+            (square, square.cls.Params(n_queries=SQUARE_QUERIES), SANITY_SQUARE),
+            (
+                apgd,
+                apgd.cls.Params(steps=CONVERGE_STEPS, restarts=CONVERGE_RESTARTS),
+                SANITY_CONVERGE,
+            ),
+        ):
+            uses.append(AttackUse(entry, params, label=label, norm=norm, eps=tuple(budgets)))
     return uses
 
 

@@ -371,6 +371,12 @@ def check_data_and_model(
             use.instantiate().check(info)
         except ConfigError as exc:
             raise ConfigError(exc.detail, field=exc.field or where, source=source) from None
+    for i, a in enumerate(bench.attacks):
+        try:
+            a.entry.cls.check(a.params, info)
+        except ConfigError as exc:
+            where = f"attacks[{i}]" + (f".{exc.field}" if exc.field else "")
+            raise ConfigError(exc.detail, field=where, source=source) from None
     return info
 
 

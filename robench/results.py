@@ -49,6 +49,8 @@ COLUMNS = (
     "train_seconds",
     "seed",
     "attacks",  # worst-case rows: the attacks combined; cascade attack rows: the cascade so far
+    "fooled_by",  # ensemble attack rows (autoattack): the examples each component fooled first,
+    # "apgd-ce 412, apgd-t 3, fab-t 0, square 0"
     "flags",  # clean rows: the defense's failed trust checks, "; "-separated (robench.checks)
     "status",  # "ok" | "error"
     "error",

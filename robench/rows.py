@@ -44,6 +44,7 @@ class Row:
     train_seconds: float | None = None
     seed: int | None = None
     attacks: str = ""
+    fooled_by: str = ""
     flags: str = ""
     status: str = "ok"
     error: str = ""
@@ -91,6 +92,7 @@ class Row:
             max_violation=m.max_violation,
             seconds=m.seconds,
             attacks=m.attacks or self.attacks,
+            fooled_by=m.fooled_by,
             flags=m.flags or self.flags,
             status="ok",
             error="",

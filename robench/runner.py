@@ -327,6 +327,8 @@ class _Model:
                     single_step=a.entry.cls.single_step,
                     gradient_free=a.entry.cls.gradient_free,
                     transfer=bool(a.source) and a.source != d.label,
+                    fooled_by=m.fooled_counts(),
+                    free_components=a.entry.cls.gradient_free_components,
                 )
             )
 
@@ -478,6 +480,7 @@ class _Model:
             n_violations=out.n_violations,
             max_violation=out.max_violation,
             attacks="+".join(out.chain),
+            fooled_by=", ".join(f"{name} {n}" for name, n in out.fooled_by),
         )
         return self.run.cells.put(key, record, measured, robust.cpu().numpy(), provenance.now())
 

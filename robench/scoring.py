@@ -79,6 +79,8 @@ class AttackOutcome:
     #: in a cascade: the labels of the attacks ``robust`` is robust to, in run order (this one
     #: last); empty outside a cascade
     chain: tuple[str, ...] = ()
+    #: an ensemble attack (:meth:`Attack.fooled_by`): per component, the examples it fooled
+    fooled_by: tuple[tuple[str, int], ...] = ()
 
 
 def attack_outcome(
@@ -107,6 +109,7 @@ def attack_outcome(
     adv_correct = torch.zeros_like(clean_correct)
     idx = torch.arange(len(x), device=x.device) if misclassified else clean_correct.nonzero()
     n_bad, worst = 0, 0.0
+    before = attack.fooled_by()
     for chunk in idx.flatten().split(batch_size):
         with attack_precision(precision):
             crafted = craft(attack, source if source is not None else model, x[chunk], y[chunk])
@@ -115,12 +118,14 @@ def attack_outcome(
         adv_correct[chunk] = predict(model, crafted.x_adv, batch_size) == y[chunk]
         if keep is not None:
             keep[chunk] = crafted.x_adv
+    after = attack.fooled_by()
     return AttackOutcome(
         clean_correct & adv_correct,
         n_bad,
         worst,
         adv_correct if misclassified else None,
         len(idx),
+        fooled_by=tuple((name, n - before.get(name, 0)) for name, n in after.items()),
     )
 
 
@@ -420,4 +425,5 @@ def combine(main: AttackOutcome, misclassified: AttackOutcome) -> AttackOutcome:
         main.robust | misclassified.robust,
         main.n_attacked + misclassified.n_attacked,
         main.chain,
+        main.fooled_by,
     )

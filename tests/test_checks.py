@@ -200,7 +200,12 @@ def test_chance_check_flags_a_defense_a_huge_budget_does_not_break():
 def test_sanity_attacks_run_by_default_and_can_be_switched_off(tmp_path):
     df = robench.run(tiny_config(tmp_path), quiet=True)
     sanity = df[df["kind"] == "sanity"]
-    assert set(sanity["attack"]) == {"sanity:pgd-0.5", "sanity:noise"}
+    assert set(sanity["attack"]) == {
+        "sanity:pgd-0.5",
+        "sanity:noise",
+        "sanity:square",
+        "sanity:apgd-converge",
+    }
     assert sanity.loc[sanity["attack"] == "sanity:pgd-0.5", "accuracy"].item() <= 0.1
     # the worst case stays over the benchmark's own attacks
     assert set(df.loc[df["kind"] == "worst-case", "attacks"]) == {"fgsm+pgd"}

@@ -347,10 +347,10 @@ def test_validate_goes_on_past_plugins_the_benchmark_does_not_use(fake_site, tmp
     assert used.returncode == 2
     assert used.stdout == ""
     assert used.stderr.splitlines() == [
-        f"Error: {bench}: attacks[0].name: unknown attack 'raiser.pgd' (known: fgsm, "
-        "fine-noop, noise, pgd); plugin 'raiser' (robench-raiser 0.1) failed to load and "
-        "might have provided it: ModuleNotFoundError: No module named 'packaging_missing_xyz' "
-        "(skip it with ROBENCH_BLOCK_PLUGINS=raiser)"
+        f"Error: {bench}: attacks[0].name: unknown attack 'raiser.pgd' (known: apgd, apgd-t, "
+        "autoattack, fab, fgsm, fine-noop, noise, pgd, square); plugin 'raiser' (robench-raiser "
+        "0.1) failed to load and might have provided it: ModuleNotFoundError: No module named "
+        "'packaging_missing_xyz' (skip it with ROBENCH_BLOCK_PLUGINS=raiser)"
     ]
     debug = _robench(fake_site, "--debug", "validate", str(bench), block=only_raiser)
     assert debug.returncode == 2

@@ -113,10 +113,11 @@ def tiny_run(tmp_path_factory):
 def test_results_are_a_tidy_typed_table(tiny_run):
     _, df = tiny_run
     assert list(df.columns) == list(COLUMNS)
-    # clean, 2 attacks × 2 eps, worst case per eps, sanity: PGD at 0.5 and noise at both eps
-    assert len(df) == 1 + 4 + 2 + 3
-    assert list(df.loc[df["kind"] == "sanity", "attack"]) == ["sanity:pgd-0.5"] + 2 * [
-        "sanity:noise"
+    # clean, 2 attacks × 2 eps, worst case per eps, sanity: PGD at 0.5, and noise, Square and
+    # the convergence APGD at both eps
+    assert len(df) == 1 + 4 + 2 + 1 + 3 * 2
+    assert list(df.loc[df["kind"] == "sanity", "attack"]) == ["sanity:pgd-0.5"] + [
+        a for a in ("sanity:noise", "sanity:square", "sanity:apgd-converge") for _ in range(2)
     ]
     assert (df["status"] == "ok").all()
     assert df["accuracy"].dtype == "float64" and df["eps"].dtype == "float64"

@@ -28,10 +28,10 @@ def test_speed_script_tiny(tmp_path: Path, one_thread) -> None:
     # an empty data root: the script falls back to scikit-learn's bundled digits (small-cnn)
     argv = ["--data-root", str(tmp_path / "no-data"), "--device", "cpu", "--n", "32"]
     argv += ["--repeats", "1", "--train-examples", "128", "--batch", "16", "-o", str(out)]
-    speed.main([*argv, "--contract-batch", "2"])
+    speed.main([*argv, "--contract-batch", "2", "--aa-n", "16", "--aa-art-n", "4"])
 
     df = pd.read_csv(out)
-    assert set(df["section"]) == {"evaluation", "adapter", "training", "contract"}
+    assert set(df["section"]) == {"evaluation", "autoattack", "adapter", "training", "contract"}
     assert (df["seconds"] > 0).all()
     acc = df["robust_accuracy"].dropna()
     assert len(acc) and acc.between(0, 100).all()
@@ -57,6 +57,17 @@ def test_speed_script_tiny(tmp_path: Path, one_thread) -> None:
             "robench bf16+cl",
             "torchattacks bf16+cl",
         }
+
+    aa = df[df["section"] == "autoattack"]
+    aa_tools = {"robench", "robench steps=10", "robench bf16+cl", "ART"}
+    aa_tools |= {"torchattacks"} if has_ta else set()
+    for _, per_model in aa.groupby("model"):
+        assert set(per_model["tool"]) == aa_tools
+        ours = per_model.set_index("tool")
+        assert ours.loc["robench", "robust_accuracy"] <= ours.loc["robench", "clean_accuracy"]
+        assert ours.loc["ART", "n"] == 4 and ours.loc["robench", "n"] == 16
+        assert set(per_model.dropna(subset=["target"])["tool"]) == ({"torchattacks"} & aa_tools)
+    assert aa["model"].nunique() == 2
 
     adapter = df[df["section"] == "adapter"]
     assert len(adapter) == 4

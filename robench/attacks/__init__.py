@@ -5,10 +5,14 @@ from robench import hookimpl
 
 @hookimpl
 def robench_register_attacks(register):
+    from robench.attacks.apgd import APGD
+    from robench.attacks.apgd_t import APGDT
+    from robench.attacks.autoattack import AutoAttack
+    from robench.attacks.fab import FAB
     from robench.attacks.fgsm import FGSM
     from robench.attacks.noise import RandomNoise
     from robench.attacks.pgd import PGD
+    from robench.attacks.square import Square
 
-    register(FGSM)
-    register(PGD)
-    register(RandomNoise)
+    for attack in (FGSM, PGD, RandomNoise, APGD, APGDT, FAB, Square, AutoAttack):
+        register(attack)
