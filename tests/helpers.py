@@ -70,3 +70,48 @@ def trained_digits_mlp(n_test: int):
         opt.step()
     model.eval()
     return model, x[test], y[test]
+
+
+def craft_in_budget(attack, digits, *, seed: int = 0, x=None):
+    """``attack``'s adversarial examples for ``digits`` = ``(model, x_test, y)`` (or for ``x``),
+    from ``seed``, asserting that the raw result stayed inside the threat model."""
+    import torch
+
+    from robench.attack import craft
+
+    model, x_test, y = digits
+    x = x_test if x is None else x
+    torch.manual_seed(seed)
+    crafted = craft(attack, model, x, y)
+    assert crafted.n_violations == 0, "a native attack must stay inside the threat model"
+    return crafted.x_adv
+
+
+def fooled(digits, x_adv):
+    """Per example: the model of ``digits`` misclassifies ``x_adv``."""
+    import torch
+
+    model, _, y = digits
+    with torch.no_grad():
+        return model(x_adv).argmax(dim=1) != y
+
+
+def accuracy_under(digits, x_adv) -> float:
+    """The accuracy of the model of ``digits`` on ``x_adv``."""
+    return 1.0 - fooled(digits, x_adv).float().mean().item()
+
+
+def counting_model(model):
+    """``model`` wrapped to count the examples that go through its forward pass (``.seen``)."""
+    from torch import nn
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.seen = model, 0
+
+        def forward(self, x):
+            self.seen += len(x)
+            return self.model(x)
+
+    return Counting()

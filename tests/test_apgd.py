@@ -19,7 +19,10 @@ from robench.attacks.pgd import PGD
 from robench.evaluation import evaluate
 from robench.threat import NORMS, TOLERANCE, ThreatModel
 
-from .helpers import trained_digits_mlp
+from .helpers import accuracy_under as _acc
+from .helpers import counting_model, trained_digits_mlp
+from .helpers import craft_in_budget as _attack
+from .helpers import fooled as _fooled
 
 #: budgets at which the undefended MLP is hurt but not broken (robust accuracy 30-70 %)
 EPS = {"linf": 0.08, "l2": 0.5}
@@ -33,36 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """An MLP trained for about a second on 1500 digits; 200 held-out examples (1×8×8)."""
     return trained_digits_mlp(200)
-
-
-def _attack(attack: Attack, digits, *, seed: int = 0) -> torch.Tensor:
-    model, x, y = digits
-    torch.manual_seed(seed)
-    crafted = craft(attack, model, x, y)
-    assert crafted.n_violations == 0, "a native attack must stay inside the threat model"
-    return crafted.x_adv
-
-
-def _fooled(digits, x_adv: torch.Tensor) -> torch.Tensor:
-    model, _, y = digits
-    with torch.no_grad():
-        return model(x_adv).argmax(dim=1) != y
-
-
-def _acc(digits, x_adv: torch.Tensor) -> float:
-    return 1.0 - _fooled(digits, x_adv).float().mean().item()
-
-
-class _Counting(nn.Module):
-    """Counts the examples that go through the model's forward pass."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.seen = model, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen += len(x)
-        return self.model(x)
 
 
 # --- the schedule and the losses --------------------------------------------------------------
@@ -168,7 +141,7 @@ def test_misclassified_examples_come_back_clean(digits) -> None:
     model, x, y = digits
     wrong = (y + 1) % 10  # every label wrong: nothing to attack
     for attack in (APGD(ThreatModel("linf", 0.1)), APGDT(ThreatModel("l2", 1.0))):
-        model = _Counting(digits[0])
+        model = counting_model(digits[0])
         torch.manual_seed(0)
         assert torch.equal(craft(attack, model, x, wrong).x_adv, x)
         assert model.seen == len(x)  # one clean pass, no steps
@@ -178,7 +151,7 @@ def test_misclassified_examples_come_back_clean(digits) -> None:
 @pytest.mark.parametrize("cls", [APGD, APGDT])
 def test_early_stop_finds_the_same_examples_for_less(digits, norm: str, cls) -> None:
     model, x, y = digits
-    model = _Counting(copy.deepcopy(model)).double()
+    model = counting_model(copy.deepcopy(model)).double()
     x = x.double()
     threat = ThreatModel(norm, EPS[norm])
     kw = {"steps": 20} | ({"n_target_classes": 2} if cls is APGDT else {})
@@ -207,7 +180,7 @@ class _Noisy(nn.Module):
 
 def test_eot_averages_gradients_over_draws(digits) -> None:
     model, x, y = digits
-    noisy = _Counting(_Noisy(model, 0.1))
+    noisy = counting_model(_Noisy(model, 0.1))
     threat = ThreatModel("linf", EPS["linf"])
     noisy.seen = 0
     x_adv = _attack(APGD(threat, steps=10, eot_iter=5, early_stop=False), (noisy, x, y))

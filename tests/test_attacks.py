@@ -12,7 +12,10 @@ from robench.attacks.fgsm import FGSM
 from robench.attacks.pgd import PGD
 from robench.threat import NORMS, TOLERANCE, ThreatModel
 
-from .helpers import trained_digits_mlp
+from .helpers import accuracy_under as _acc
+from .helpers import counting_model, trained_digits_mlp
+from .helpers import craft_in_budget as _attack
+from .helpers import fooled as _fooled
 
 #: budgets at which the undefended MLP is hurt but not broken (clean ≈ 97 %)
 EPS = {"linf": 0.1, "l2": 0.5}
@@ -27,25 +30,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def digits() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     """An MLP trained for about a second on 1500 digits; 256 held-out examples (1×8×8)."""
     return trained_digits_mlp(256)
-
-
-def _attack(attack: Attack, digits, *, seed: int = 0, x: torch.Tensor | None = None):
-    model, x_test, y = digits
-    x = x_test if x is None else x
-    torch.manual_seed(seed)
-    crafted = craft(attack, model, x, y)
-    assert crafted.n_violations == 0, "a native attack must stay inside the threat model"
-    return crafted.x_adv
-
-
-def _fooled(digits, x_adv: torch.Tensor) -> torch.Tensor:
-    model, _, y = digits
-    with torch.no_grad():
-        return model(x_adv).argmax(dim=1) != y
-
-
-def _acc(digits, x_adv: torch.Tensor) -> float:
-    return 1.0 - _fooled(digits, x_adv).float().mean().item()
 
 
 def _input_grad(digits) -> torch.Tensor:
@@ -242,25 +226,13 @@ def test_params_and_metadata() -> None:
     assert FGSM.Params().model_dump() == {"random_start": False, "rel_step": None, "loss": "ce"}
 
 
-class _Counting(nn.Module):
-    """Counts the examples that go through the model's forward pass."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.seen = model, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen += len(x)
-        return self.model(x)
-
-
 @pytest.mark.parametrize("norm", NORMS)
 @pytest.mark.parametrize(("random_start", "restarts"), [(False, 1), (True, 1), (True, 3)])
 def test_early_stop_never_raises_robust_accuracy_and_costs_less(
     digits, norm, random_start, restarts
 ):
     model, x, y = digits
-    model = _Counting(model.double())
+    model = counting_model(model.double())
     x = x.double()
     threat = ThreatModel(norm, 2 * EPS[norm])
     kw = {"steps": 10, "random_start": random_start, "restarts": restarts}

@@ -18,7 +18,7 @@ from robench.errors import ConfigError
 from robench.precision import attack_precision
 from robench.threat import NORMS, ThreatModel
 
-from .helpers import trained_digits_mlp
+from .helpers import counting_model, trained_digits_mlp
 
 #: mid budgets: the undefended MLP keeps 30-40 % (clean ≈ 98 %)
 EPS = {"linf": 0.1, "l2": 0.5}
@@ -135,22 +135,10 @@ def test_agrees_with_torchattacks(digits, norm: str, targeted: bool) -> None:
     assert abs(ours - theirs) <= 0.03, (ours, theirs)
 
 
-class _Counting(nn.Module):
-    """Counts the examples that go through the model's forward pass."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model, self.seen = model, 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen += len(x)
-        return self.model(x)
-
-
 @pytest.mark.parametrize("norm", NORMS)
 def test_early_stop_within_the_budget(digits, norm: str) -> None:
     model, x, y = digits
-    counting = _Counting(model)
+    counting = counting_model(model)
     eps = EPS[norm]
     params = {"steps": 10, "targeted": True, "n_target_classes": 3}
     robust, seen = {}, {}
