@@ -213,3 +213,25 @@ def test_every_shipped_benchmark_validates(data_root):
     assert {f.name for f in files} >= {"quickstart.toml", "mnist.toml", "cifar.toml"}
     for f in files:
         load_benchmark(f, data_root=data_root)
+
+
+#: files that compare one attack across libraries and rank no defense: no AutoAttack there
+LIBRARY_AGREEMENT = {"agreement.toml"}
+#: the GPU-scale leaderboards, which report AutoAttack exactly as the paper defines it
+PAPER_AUTOATTACK = {"mnist.toml", "cifar.toml"}
+
+
+def test_every_shipped_leaderboard_scores_with_autoattack_at_every_budget(data_root):
+    root = Path(__file__).resolve().parents[1] / "benchmarks"
+    for f in sorted(root.glob("*.toml")):
+        if f.name in LIBRARY_AGREEMENT:
+            continue
+        bench = load_benchmark(f, data_root=data_root)
+        white_box = {(a.norm, e) for a in bench.attacks if not a.source for e in a.eps}
+        aa = [a for a in bench.attacks if a.entry.name == "autoattack"]
+        assert aa, f"{f.name} does not score with autoattack"
+        covered = {(a.norm, e) for a in aa for e in a.eps}
+        assert covered == white_box, f"{f.name}: autoattack misses {white_box - covered}"
+        if f.name in PAPER_AUTOATTACK:
+            (p,) = [a.params for a in aa]
+            assert p == type(p)(), f"{f.name}: autoattack is not the paper's standard version"
