@@ -75,12 +75,21 @@ _data_root = click.option(
     envvar="ROBENCH_DATA",
     help="Folder holding the datasets (env ROBENCH_DATA; default ~/.cache/robench/data).",
 )
+_overrides = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a setting of the file, e.g. training.epochs=1, evaluation.n_examples=200, "
+    "'defenses[LABEL].training.epochs=2', 'attacks[*].eps=[0.1]' (a TOML value; repeatable).",
+)
 
 
 @main.command()
 @click.argument("benchmark", type=click.Path(path_type=Path))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @_data_root
+@_overrides
 @click.option(
     "--output-dir",
     "-o",
@@ -107,6 +116,7 @@ def run(
     threads: int | None,
     quiet: bool,
     fresh: bool,
+    overrides: tuple[str, ...],
 ) -> None:
     """Train every defense of BENCHMARK (a TOML file) and score it against every attack.
 
@@ -126,7 +136,11 @@ def run(
     try:
         # validated first, so that a plugin failure the benchmark depends on is one line
         bench = load_benchmark(
-            benchmark, registry=registry, output_dir=output_dir, check_data=False
+            benchmark,
+            registry=registry,
+            output_dir=output_dir,
+            check_data=False,
+            overrides=overrides,
         )
     except (ConfigError, PluginError) as exc:
         _report_failures(registry, "Warning", mentioned=str(exc))
@@ -172,14 +186,17 @@ def _print_table(df) -> None:
 @main.command()
 @click.argument("benchmark", type=click.Path(path_type=Path))
 @_data_root
-def validate(benchmark: Path, data_root: Path | None) -> None:
+@_overrides
+def validate(benchmark: Path, data_root: Path | None, overrides: tuple[str, ...]) -> None:
     """Check BENCHMARK completely without training anything."""
     from robench.config import load_benchmark
     from robench.errors import ConfigError, PluginError
 
     registry = _registry_or_exit(for_benchmarks=True)
     try:
-        bench = load_benchmark(benchmark, registry=registry, data_root=data_root)
+        bench = load_benchmark(
+            benchmark, registry=registry, data_root=data_root, overrides=overrides
+        )
     except (ConfigError, PluginError) as exc:
         _report_failures(registry, "Warning", mentioned=str(exc))
         raise _config_error(exc) from None

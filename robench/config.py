@@ -40,6 +40,7 @@ field, e.g. ``quickstart.toml: defenses[1].attack.steps: must be >= 1 (got 0)``.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,7 @@ from pydantic import ValidationError
 from robench.checks import SANITY_PREFIX
 from robench.dataset import unwritable_dir
 from robench.errors import ConfigError
+from robench.overrides import apply as apply_overrides
 from robench.plugin import Params
 from robench.registry import Entry, Registry, get_registry, unknown_name_message
 from robench.schema import BenchmarkFile, EvaluationConfig
@@ -126,6 +128,8 @@ class Benchmark:
     defenses: tuple[DefenseUse, ...]
     attacks: tuple[AttackUse, ...]
     raw: dict[str, Any]
+    #: the command-line overrides applied to the file (``--set KEY=VALUE``, in order)
+    overrides: tuple[str, ...] = ()
 
     def resolved(self) -> dict[str, Any]:
         """The configuration with every default filled in (for provenance)."""
@@ -198,12 +202,15 @@ def load_benchmark(
     data_root: Path | None = None,
     output_dir: str | Path | None = None,
     check_data: bool = True,
+    overrides: Sequence[str] = (),
 ) -> Benchmark:
     """Parse and validate a benchmark (a TOML path or a dict) completely.
 
     Relative paths inside the file resolve against the file's folder (for a dict: the current
     directory). With ``check_data`` the dataset's files are checked under ``data_root`` and the
-    model is checked against the dataset's shape.
+    model is checked against the dataset's shape. ``overrides`` (``KEY=VALUE`` strings,
+    :mod:`robench.overrides`) are set on the file's tables first; errors then name the source
+    as ``FILE (with --set)``.
     """
     registry = registry or get_registry()
     if isinstance(config, dict):
@@ -213,6 +220,9 @@ def load_benchmark(
         path = Path(config)
         raw, source = read_toml(path), str(path)
         base_dir = path.resolve().parent
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+        source = f"{source or 'benchmark'} (with --set)"
     # inf and nan first (as they are, not as a bound they miss); integers too large after the
     # schema, whose seeds say what range they take
     check_numbers(raw, source, ints=False)
@@ -312,6 +322,7 @@ def load_benchmark(
         defenses=tuple(defenses),
         attacks=tuple(attacks),
         raw=raw,
+        overrides=tuple(overrides),
     )
     if check_data:
         check_data_and_model(bench, data_root or default_data_root(), source, prepare=False)

@@ -126,6 +126,7 @@ def run_record(
         "started": now(),
         "command": command_line(),
         "config_file": str(bench.source) if bench.source else None,
+        "overrides": list(bench.overrides),
         "config": bench.resolved(),
         "seeds": {
             "benchmark": bench.seed,

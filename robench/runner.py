@@ -7,7 +7,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -534,6 +534,7 @@ def run(
     quiet: bool = False,
     threads: int | None = None,
     fresh: bool = False,
+    overrides: Sequence[str] = (),
 ) -> pd.DataFrame:
     """Run a benchmark and return its results table (also written under its output folder).
 
@@ -553,17 +554,26 @@ def run(
     Ctrl-C, SIGTERM and SIGHUP stop the run with status ``interrupted`` (its rows so far in
     ``results.partial.csv``) and raise KeyboardInterrupt.
     ``threads`` (else the file's ``threads``) sets torch's CPU threads for the run.
+    ``overrides`` (``KEY=VALUE``, :mod:`robench.overrides`) change the file's settings for this
+    run, as ``robench run --set`` does; they are recorded in the provenance.
     ``df.attrs`` holds the paths written and the number of failed cells.
     """
     registry = registry or get_registry()
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     if isinstance(config, Benchmark):
         bench = config
-        if output_dir is not None:
-            raise ValueError("pass output_dir to load_benchmark for a validated Benchmark")
+        if output_dir is not None or overrides:
+            raise ValueError(
+                "pass output_dir and overrides to load_benchmark for a validated Benchmark"
+            )
     else:
         bench = load_benchmark(
-            config, registry=registry, data_root=root, output_dir=output_dir, check_data=False
+            config,
+            registry=registry,
+            data_root=root,
+            output_dir=output_dir,
+            check_data=False,
+            overrides=overrides,
         )
     n_threads = threads or bench.threads
     previous = torch.get_num_threads()
