@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from robench.results import RESULTS_CSV, partial_name, read_results
+from robench.stats import seed_interval
 
 
 def load_results(path: str | Path) -> pd.DataFrame:
@@ -45,8 +46,42 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else np.nan
 
 
+def _count(w: pd.DataFrame) -> tuple[int, int] | None:
+    """(examples robust, examples scored) of a worst-case row (None without one). Tables
+    without ``n_correct`` get it from the accuracy."""
+    if not len(w) or pd.isna(w["n_examples"].iloc[0]):
+        return None
+    n = int(w["n_examples"].iloc[0])
+    k = w["n_correct"].iloc[0] if "n_correct" in w else np.nan
+    if pd.isna(k):
+        k = round(float(w["accuracy"].iloc[0]) * n)
+    return (int(k), n) if n > 0 else None
+
+
+def _interval(runs: list[dict]) -> dict[str, object]:
+    """The leaderboard's interval columns for the seeds' worst cases at the ranking budget
+    (:func:`robench.stats.seed_interval`: Wilson for one seed, Student's t over several)."""
+    counts = [r["count"] for r in runs if r["count"] is not None]
+    if not counts:
+        return {
+            "robust_ci95": "",
+            "ci_method": "",
+            "robust_ci_low": np.nan,
+            "robust_ci_high": np.nan,
+        }
+    ci = seed_interval([k for k, _ in counts], [n for _, n in counts])
+    low, high = 100 * ci.low, 100 * ci.high
+    return {
+        "robust_ci95": f"{low:.1f}–{high:.1f}",
+        "ci_method": ci.method,
+        "robust_ci_low": low,
+        "robust_ci_high": high,
+    }
+
+
 def _one_seed(g: pd.DataFrame, norm: str, eps: float, budgets: list[tuple[str, float]]):
-    """One training seed's clean accuracy, worst cases, interval, strongest attack, flags."""
+    """One training seed's clean accuracy, worst cases, worst-case count at the ranking budget,
+    strongest attack, flags."""
     ok = g[g["status"] == "ok"]
     clean = ok[ok["kind"] == "clean"]
     worst = ok[ok["kind"] == "worst-case"]
@@ -59,7 +94,7 @@ def _one_seed(g: pd.DataFrame, norm: str, eps: float, budgets: list[tuple[str, f
     return {
         "clean": 100 * clean["accuracy"].iloc[0] if len(clean) else np.nan,
         "robust": 100 * w["accuracy"].iloc[0] if len(w) else np.nan,
-        "ci": (100 * w["ci_low"].iloc[0], 100 * w["ci_high"].iloc[0]) if len(w) else None,
+        "count": _count(w),
         "strongest": at.sort_values("accuracy")["attack"].iloc[0] if len(at) else "",
         "budgets": [
             100 * worst_at(n, e)["accuracy"].iloc[0] if len(worst_at(n, e)) else np.nan
@@ -77,16 +112,21 @@ def build_leaderboard(
 
     The ranking budget is ``norm``/``eps``; by default L∞ if present (else L2) at the largest ε
     present. Columns: rank, benchmark, defense, the training seeds, clean accuracy, the
-    worst-case robust accuracy at the ranking budget with its 95 % Wilson interval and the
-    attack that was strongest there, then the worst-case robust accuracy at every budget (one
-    column each), the defense's trust-check flags, the number of examples and the run's
-    status. Accuracies are percentages.
+    worst-case robust accuracy at the ranking budget with its 95 % interval (``robust_ci95``,
+    "low–high"; ``robust_ci_low`` and ``robust_ci_high`` as numbers) and how that interval was
+    computed (``ci_method``), the attack that was strongest there, then the worst-case robust
+    accuracy at every budget (one column each), the defense's trust-check flags, the number of
+    examples and the run's status. Accuracies are percentages.
 
     A defense trained with several seeds gets the mean over its seeds, with the sample
-    standard deviation in ``clean_std`` and ``robust_std`` (empty for one seed); its interval
-    is the mean of the seeds' Wilson bounds (the uncertainty from the examples scored; the
-    standard deviation is the one from training), its strongest attack the one strongest for
-    most seeds, and a flag raised for only some seeds names them.
+    standard deviation in ``clean_std`` and ``robust_std`` (empty for one seed), its strongest
+    attack the one strongest for most seeds, and a flag raised for only some seeds names them.
+    Its interval is Student's t interval over the seeds' robust accuracies (``ci_method``
+    ``"t (3 seeds)"``; clipped to 0–100): the seed-to-seed variance from training, which
+    dominates. One seed's interval is the Wilson interval over the examples scored
+    (``"wilson"``), and so is that of seeds whose accuracies agree exactly (``"wilson (3
+    seeds agree)"``), where the t interval would have zero width. See
+    :func:`robench.stats.seed_interval`.
     """
     df = pd.concat(frames, ignore_index=True)
     worst = df[(df["kind"] == "worst-case") & (df["status"] == "ok")]
@@ -108,7 +148,6 @@ def build_leaderboard(
         runs = list(per.values())
         clean, clean_std = _mean_std([r["clean"] for r in runs])
         robust, robust_std = _mean_std([r["robust"] for r in runs])
-        cis = [r["ci"] for r in runs if r["ci"] is not None]
         strongest = [r["strongest"] for r in runs if r["strongest"]]
         row = {
             "benchmark": bench,
@@ -120,11 +159,7 @@ def build_leaderboard(
             "clean_std": clean_std,
             "robust_accuracy": robust,
             "robust_std": robust_std,
-            "robust_ci95": (
-                f"{np.mean([lo for lo, _ in cis]):.1f}–{np.mean([hi for _, hi in cis]):.1f}"
-                if cis
-                else ""
-            ),
+            **_interval(runs),
             "strongest_attack": max(strongest, key=strongest.count) if strongest else "",
         }
         for i, (n, e) in enumerate(budgets):
@@ -178,8 +213,17 @@ def summary_table(df: pd.DataFrame) -> str:
 
 def to_markdown(board: pd.DataFrame) -> str:
     """The leaderboard as a GitHub markdown table (accuracies in %), ready for a README;
-    a mean over several seeds is shown as mean ± standard deviation."""
-    hidden = ("benchmark", "defense_name", "status", "clean_std", "robust_std")
+    a mean over several seeds is shown as mean ± standard deviation, and ``ci_method`` says
+    which interval ``robust_ci95`` is."""
+    hidden = (
+        "benchmark",
+        "defense_name",
+        "status",
+        "clean_std",
+        "robust_std",
+        "robust_ci_low",
+        "robust_ci_high",
+    )
     columns = [c for c in board.columns if c not in hidden]
 
     def cell(row: pd.Series, column: str) -> str:
