@@ -56,6 +56,7 @@ class TrainContext:
             seed=self.seed,
             progress=self.progress,
             checkpoints=self.checkpoints,
+            bounds=self.info.bounds,
         )
 
     def keep_state(self, name: str, obj: Stateful) -> None:

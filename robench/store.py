@@ -108,7 +108,7 @@ def training_cell(
         "dataset": {**_plugin(bench.dataset), "train": train_digest},
         "model": _plugin(model),
         "defense": _plugin(d),
-        "training": d.training.model_dump(mode="json"),
+        "training": d.training.key_record(),
         "seed": seed,
         "versions": {
             "robench": robench.__version__,

@@ -11,7 +11,9 @@ While a model trains, its training saves a resume file after every epoch
 (:mod:`robench.resume`, ``models/<key20>.resume.pt``); a training of the same cell interrupted
 before its model was stored resumes there (``fresh`` deletes the file first and starts over).
 The stored sidecar's ``epoch_losses`` and ``train_seconds`` then cover every session, and the
-file is deleted once the model is stored (or when a stored model is reused).
+file is deleted once the model is stored (or when a stored model is reused). With
+``best_checkpoint`` the sidecar's ``best_epoch`` records the epoch whose weights were kept and its
+held-out accuracies (:meth:`robench.heldout.BestEpoch.summary`).
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ class TrainedModels:
             losses.append(loss)
             self.report.epoch(d.label, epoch, epochs, loss)
 
+        best: dict[str, Any] = {}  # with best_checkpoint: the best epoch (training.BEST_EPOCH)
+        progress.best_epoch = best.update  # type: ignore[attr-defined]
+
         checkpoints = None
         if key:
             checkpoints = EpochCheckpoints(
@@ -136,7 +141,13 @@ class TrainedModels:
             # the epochs trained before an interruption, and the time they took
             losses = checkpoints.restored_losses + losses
             seconds += checkpoints.prior_seconds
-        if cell is not None and self._save(d, cell, key, model, seconds, losses):
+        if best:
+            self.report.note(
+                f"  best epoch {best['epoch']} of {best['epochs']} ({best['epochs_trained']} "
+                f"trained): held-out robust accuracy {best['robust_accuracy']:.1%} "
+                f"({best['attack']}, {best['held_out']} examples)"
+            )
+        if cell is not None and self._save(d, cell, key, model, seconds, losses, best):
             self._discard(checkpoints)
         return model, None
 
@@ -192,6 +203,7 @@ class TrainedModels:
         model: nn.Module,
         seconds: float,
         losses: list[float],
+        best: dict[str, Any] | None = None,
     ) -> bool:
         """Store a freshly trained model under ``key``; a failure is a note, never an error.
         True when it was stored."""
@@ -209,6 +221,7 @@ class TrainedModels:
                     "trained_as": {"benchmark": self.bench.name, "defense": d.label},
                     "train_seconds": seconds,
                     "epoch_losses": list(losses),
+                    **({"best_epoch": best} if best else {}),
                     "created": provenance.now(),
                     "device": provenance.device_info(self.device),
                     "versions": provenance.versions(tuple(sorted(dists))),

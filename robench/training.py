@@ -2,6 +2,12 @@
 
 Third-party defenses may reuse :func:`train_loop` with a loss of their own.
 
+What a paper's recipe sets is here: the learning-rate schedule, from torch's schedulers and
+stepped per batch (:mod:`robench.schedules`: constant, cosine, step, cyclic, one-cycle,
+multi-step), weight decay that spares normalisation layers and biases (``no_decay``), and the
+best epoch on held-out training examples against robust overfitting (``best_checkpoint``,
+:mod:`robench.heldout`).
+
 The loop is written for GPUs and runs unchanged on the CPU: the training set moves to the device
 once (as uint8 when its images are 8-bit), shuffling and augmentation draw random numbers on the
 device, and the loop never waits for the device between steps. Three options speed it up on a
@@ -16,21 +22,43 @@ defense with a training loop of its own gets no per-epoch resume.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 import warnings
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from torch import nn
 
 from robench import faults, precision
 from robench.dataset import Data
+from robench.heldout import BestCheckpoint, BestEpoch, held_out_accuracy, split_held_out
 from robench.model import model_device_dtype
 from robench.precision import Precision
+from robench.schedules import lr_factor, make_scheduler
+
+__all__ = [
+    "LossFn",
+    "ProgressFn",
+    "TrainingConfig",
+    "crop_flip",
+    "lr_factor",
+    "make_optimizer",
+    "make_scheduler",
+    "param_groups",
+    "train_loop",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from robench.resume import EpochCheckpoints
@@ -38,13 +66,37 @@ if TYPE_CHECKING:  # pragma: no cover
 #: ``loss_fn(model, x, y)``: the loss of one training batch. With ``compile`` it is also called
 #: once per batch size in the warm-up, whose effects on the model and the RNGs are undone.
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``progress(epoch, epochs, mean loss)`` after each epoch trained. With ``best_checkpoint``, a
+#: progress callable that has an attribute :data:`BEST_EPOCH` gets ``progress.best_epoch(
+#: summary)`` once training ends (:meth:`robench.heldout.BestEpoch.summary`: the best epoch,
+#: its held-out accuracies, the epochs trained), restored epochs included
 ProgressFn = Callable[[int, int, float], None]
+#: the attribute of a progress callable that receives the best-epoch summary
+BEST_EPOCH = "best_epoch"
+#: ``schedule`` values (:mod:`robench.schedules`)
+Schedule = Literal["constant", "cosine", "step", "cyclic", "one-cycle", "multi-step"]
 
 
 class TrainingConfig(BaseModel):
-    """How a defense trains its model (the ``[training]`` table, overridable per defense)."""
+    """How a defense trains its model (the ``[training]`` table, overridable per defense).
+
+    The learning-rate schedules are documented in :mod:`robench.schedules`, the best-epoch
+    selection (``best_checkpoint``) in :mod:`robench.heldout`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: fields added after models were stored under keys whose training record lacks them: the
+    #: record of a training cell (:meth:`key_record`) leaves each out while it holds its
+    #: default, so that every existing configuration keeps its key
+    KEY_OPTIONAL: ClassVar[tuple[str, ...]] = (
+        "milestone_epochs",
+        "one_cycle_anneal",
+        "div_factor",
+        "final_div_factor",
+        "no_decay",
+        "best_checkpoint",
+    )
 
     epochs: int = Field(5, ge=1, description="passes over the training set")
     batch_size: int = Field(64, ge=1)
@@ -53,14 +105,48 @@ class TrainingConfig(BaseModel):
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine", "step", "cyclic"] = "constant"
+    schedule: Schedule = Field(
+        "constant", description="the learning-rate schedule, stepped per batch (robench.schedules)"
+    )
     warmup: float = Field(
-        0.0, ge=0, lt=1, description="fraction of training spent ramping the lr up from 0"
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of training spent ramping the lr up (one-cycle: torch's "
+        "pct_start, 0.3 when unset; cyclic: 0.4 when unset)",
     )
     milestones: tuple[float, ...] = Field(
         (0.5, 0.75), description="'step' schedule: fractions of training where lr *= gamma"
     )
     gamma: float = Field(0.1, gt=0, le=1)
+    milestone_epochs: tuple[Annotated[int, Field(ge=1)], ...] = Field(
+        (),
+        validate_default=True,
+        description="'multi-step' schedule: the epochs after which lr *= gamma, increasing "
+        "(PGD-AT on CIFAR-10: [100, 150] of 200 epochs; TRADES: [75] of 100)",
+    )
+    one_cycle_anneal: Literal["cos", "linear"] = Field(
+        "cos", description="'one-cycle': how the lr rises and falls (torch's anneal_strategy)"
+    )
+    div_factor: float = Field(
+        25.0, ge=1, allow_inf_nan=False, description="'one-cycle': it starts at lr / div_factor"
+    )
+    final_div_factor: float = Field(
+        1e4,
+        ge=1,
+        allow_inf_nan=False,
+        description="'one-cycle': it ends at lr / (div_factor * final_div_factor)",
+    )
+    no_decay: tuple[Literal["norm", "bias"], ...] = Field(
+        (),
+        description="parameters weight decay leaves alone: 'norm', the weights and biases of "
+        "normalisation layers (batch, group, layer, instance norm); 'bias', every bias",
+    )
+    best_checkpoint: BestCheckpoint | None = Field(
+        None,
+        description="hold out training examples, measure their PGD accuracy after every epoch "
+        "and return the best epoch's weights (robench.heldout; unset: the last epoch's)",
+    )
     augment: Literal["none", "crop-flip"] = "none"
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     train_examples: int | None = Field(
@@ -84,6 +170,40 @@ class TrainingConfig(BaseModel):
         "where compiling fails",
     )
 
+    @field_validator("milestone_epochs")
+    @classmethod
+    def _epochs_for_multi_step(cls, v: tuple[int, ...], info: ValidationInfo) -> tuple[int, ...]:
+        schedule = info.data.get("schedule")
+        if schedule == "multi-step" and not v:
+            raise ValueError(
+                "schedule 'multi-step' needs milestone_epochs: the epochs after which the lr is "
+                "multiplied by gamma, e.g. [100, 150]"
+            )
+        if schedule != "multi-step" and v:
+            raise ValueError(f"applies to schedule 'multi-step' only (schedule is {schedule!r})")
+        if any(b <= a for a, b in itertools.pairwise(v)):
+            raise ValueError("must be strictly increasing")
+        return v
+
+    @field_validator("one_cycle_anneal", "div_factor", "final_div_factor")
+    @classmethod
+    def _one_cycle_only(cls, v: Any, info: ValidationInfo) -> Any:
+        schedule = info.data.get("schedule")
+        assert info.field_name is not None
+        if schedule != "one-cycle" and v != cls.model_fields[info.field_name].default:
+            raise ValueError(f"applies to schedule 'one-cycle' only (schedule is {schedule!r})")
+        return v
+
+    @field_validator("no_decay", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("no_decay")
+    @classmethod
+    def _canonical(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(sorted(set(v)))  # the same set, the same key
+
     @model_validator(mode="after")
     def _check(self) -> TrainingConfig:
         if any(not 0 < m < 1 for m in self.milestones):
@@ -92,29 +212,57 @@ class TrainingConfig(BaseModel):
 
     @property
     def effective_warmup(self) -> float:
-        """``warmup``, except that 'cyclic' ramps up for 2/5 of training when it is unset."""
-        if self.schedule == "cyclic" and self.warmup == 0.0:
-            return 0.4  # Fast AT's one-cycle schedule (Wong et al. 2020)
+        """``warmup``, except when it is unset: 'cyclic' ramps up for 2/5 of training (Fast
+        AT's one-cycle schedule), 'one-cycle' for 0.3 (torch's ``pct_start``)."""
+        if self.warmup == 0.0:
+            if self.schedule == "cyclic":
+                return 0.4  # Fast AT's one-cycle schedule (Wong et al. 2020)
+            if self.schedule == "one-cycle":
+                return 0.3
         return self.warmup
 
+    def key_record(self) -> dict[str, Any]:
+        """The settings as a training cell records them (:func:`robench.store.training_cell`):
+        :meth:`model_dump` (JSON) without the :attr:`KEY_OPTIONAL` fields at their defaults."""
+        record = self.model_dump(mode="json")
+        for name in self.KEY_OPTIONAL:
+            if getattr(self, name) == type(self).model_fields[name].default:
+                del record[name]
+        return record
 
-def lr_factor(cfg: TrainingConfig, step: int, total: int) -> float:
-    """The learning-rate multiplier at optimizer step ``step`` of ``total``."""
-    t = step / max(total, 1)
-    warmup = cfg.effective_warmup
-    if warmup > 0 and t < warmup:
-        return (step + 1) / max(warmup * total, 1)
-    rest = (t - warmup) / max(1 - warmup, 1e-12)
-    if cfg.schedule == "constant":
-        return 1.0
-    if cfg.schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * rest))
-    if cfg.schedule == "cyclic":
-        return max(0.0, 1 - rest)
-    return cfg.gamma ** sum(t >= m for m in cfg.milestones)
+
+#: the normalisation layers whose parameters ``no_decay = ["norm"]`` leaves undecayed
+NORM_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.modules.batchnorm._NormBase,  # BatchNorm*, SyncBatchNorm, InstanceNorm*
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.RMSNorm,
+)
+
+
+def param_groups(model: nn.Module, cfg: TrainingConfig) -> list[Any]:
+    """The trainable parameters of ``model`` for :func:`make_optimizer`: a plain list (one
+    group, decayed by ``weight_decay``), or with ``no_decay`` two groups, the second with no
+    weight decay: the parameters of normalisation layers (``"norm"``) and every parameter
+    named ``bias`` (``"bias"``). A parameter shared between modules is listed once."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not cfg.no_decay:
+        return params
+    exempt: set[int] = set()
+    for module in model.modules():
+        is_norm = "norm" in cfg.no_decay and isinstance(module, NORM_LAYERS)
+        for name, p in module.named_parameters(recurse=False):
+            if is_norm or ("bias" in cfg.no_decay and name == "bias"):
+                exempt.add(id(p))
+    return [
+        {"params": [p for p in params if id(p) not in exempt]},
+        {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0},
+    ]
 
 
 def make_optimizer(params, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """The optimizer of ``cfg`` over ``params``: parameters or param groups
+    (:func:`param_groups`)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             params,
@@ -260,6 +408,7 @@ def train_loop(
     seed: int,
     progress: ProgressFn | None = None,
     checkpoints: EpochCheckpoints | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
 ) -> nn.Module:
     """Train ``model`` in place on ``data`` with ``loss_fn(model, x, y)``; return it in eval mode.
 
@@ -271,13 +420,22 @@ def train_loop(
     epoch ends. ``loss_fn`` runs under the configured precision (the inner attack of an
     adversarial defense included) and gets the compiled model when ``compile`` is set; the
     model returned is ``model`` itself (channels_last if asked), never the compiled wrapper.
+    The learning rate follows ``schedule`` (:func:`robench.schedules.make_scheduler`), stepped
+    after every batch.
+
+    With ``best_checkpoint`` (:mod:`robench.heldout`), its ``held_out`` examples are drawn out
+    of the training examples (from the same CPU generator, after the ``train_examples``
+    subset) and never trained on; after every epoch their PGD accuracy is measured (the images
+    in ``bounds``), and the model returned carries the weights of the epoch where it was best;
+    with ``patience``, training stops once that many epochs brought no better one.
 
     With ``checkpoints`` (:mod:`robench.resume`), the state of the training (model, optimizer,
-    scheduler, the loop's and the global generators, the epoch losses, the training seconds) is
-    saved after every finished epoch, after ``progress``; and a saved state of the same training
-    cell is restored once the model, optimizer and scheduler are built (after the compile
-    warm-up), training then going on with the epoch after it (``progress`` is called for the
-    epochs trained here only). Only the first call given a checkpoints object uses it.
+    scheduler, the loop's and the global generators, the epoch losses, the training seconds,
+    the best epoch and its weights) is saved after every finished epoch, after ``progress``;
+    and a saved state of the same training cell is restored once the model, optimizer and
+    scheduler are built (after the compile warm-up), training then going on with the epoch
+    after it (``progress`` is called for the epochs trained here only). Only the first call
+    given a checkpoints object uses it.
     """
     started = time.perf_counter()
     if checkpoints is not None and not checkpoints.claim():
@@ -288,6 +446,15 @@ def train_loop(
     if cfg.train_examples is not None and cfg.train_examples < len(y):
         keep = torch.randperm(len(y), generator=gen)[: cfg.train_examples]
         x, y = x[keep], y[keep]
+    best: BestEpoch | None = None
+    held: tuple[torch.Tensor, torch.Tensor] = (x[:0], y[:0])
+    if cfg.best_checkpoint is not None:
+        train_idx, held_idx = split_held_out(len(y), cfg.best_checkpoint.held_out, gen)
+        held = (x[held_idx], y[held_idx])
+        x, y = x[train_idx], y[train_idx]
+        best = BestEpoch(cfg.best_checkpoint)
+        if checkpoints is not None:
+            checkpoints.track("robench.best_epoch", best)
     dev_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     model.to(device)
     if cfg.channels_last:
@@ -319,17 +486,29 @@ def train_loop(
 
         net = _compile(model, warm_up, device)
 
-    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    opt = make_optimizer(param_groups(model, cfg), cfg)
     per_epoch = math.ceil(n / cfg.batch_size)
-    total = per_epoch * cfg.epochs
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, total))
+    sched = make_scheduler(opt, cfg, per_epoch)
     generators = [gen] if dev_gen is gen else [gen, dev_gen]
     start, losses, prior_seconds = 0, [], 0.0
     if checkpoints is not None:
         start, losses, prior_seconds = checkpoints.resume(
             model, opt, sched, generators, device, cfg.epochs
         )
+    held_images = None
+    if best is not None:
+        held_images = DeviceImages(held[0], device, dtype, cfg.channels_last)
+    held_y = held[1].to(device)
+
+    def held_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        assert held_images is not None
+        for i in range(0, len(held_y), cfg.batch_size):
+            idx = torch.arange(i, min(i + cfg.batch_size, len(held_y)), device=device)
+            yield held_images.as_input(held_images.take(idx)), held_y.index_select(0, idx)
+
     for epoch in range(start, cfg.epochs):
+        if best is not None and best.exhausted(epoch):
+            break  # patience: no better epoch for that long (also when resumed there)
         order = torch.randperm(n, generator=dev_gen, device=device)
         running, seen = torch.zeros((), device=device), 0
         for i in range(per_epoch):
@@ -347,6 +526,12 @@ def train_loop(
             seen += len(yb)
         mean_loss = float(running) / max(seen, 1)
         losses.append(mean_loss)
+        if best is not None:
+            assert cfg.best_checkpoint is not None
+            robust, clean = held_out_accuracy(
+                model, held_batches, cfg.best_checkpoint, seed, device, bounds
+            )
+            best.update(epoch + 1, robust, clean, model)
         if progress is not None:
             progress(epoch + 1, cfg.epochs, mean_loss)
         if checkpoints is not None:
@@ -362,5 +547,10 @@ def train_loop(
                 seconds=prior_seconds + time.perf_counter() - started,
             )
             faults.point("epoch")  # a test's kill after an epoch's checkpoint
+    if best is not None:
+        best.restore(model)
+        report = getattr(progress, BEST_EPOCH, None)
+        if report is not None:
+            report(best.summary(cfg.epochs))
     model.eval()
     return model
