@@ -175,8 +175,8 @@ def craft(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     """Run ``attack`` under the contract and return the projected result with its violations."""
     x = x.detach()
     threat = attack.threat
-    if threat.eps == 0:  # nothing can change: skip the plugin (some libraries reject ε = 0)
-        return Crafted(x.clone(), 0, 0.0)
+    if threat.eps == 0 or not len(x):  # nothing to change: skip the plugin (some libraries
+        return Crafted(x.clone(), 0, 0.0)  # reject ε = 0 or an empty batch)
     with attack_mode(model, who=f"attack {attack.name!r}"), torch.enable_grad():
         x_adv = attack.run(model, x.clone(), y)
     if not isinstance(x_adv, torch.Tensor) or x_adv.shape != x.shape:

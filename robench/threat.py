@@ -15,7 +15,7 @@ TOLERANCE = 1e-6
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
-    return t.reshape(t.shape[0], -1)
+    return t.flatten(1)  # (N, rest), also for N = 0
 
 
 @dataclass(frozen=True)

@@ -474,3 +474,30 @@ def test_zero_grad_in_an_attack_is_harmless_and_the_gradients_come_back() -> Non
     grads = [p.grad for p in model.parameters()]
     craft(ZeroesGrad(ThreatModel("linf", 0.1)), model, x, y)  # no ContractError
     assert all(p.grad is g for p, g in zip(model.parameters(), grads, strict=True))
+
+
+def test_an_empty_batch_is_not_passed_to_the_plugin_and_scores_as_nothing():
+    """A model that gets every example wrong leaves nothing for the attacks to attack."""
+
+    class Refuses(Attack):
+        name = "refuses-empty"
+        norms = ("linf",)
+
+        def run(self, model, x, y):
+            raise AssertionError("called on an empty batch")
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    empty = torch.zeros(0, 1, 8, 8)
+    crafted = craft(Refuses(ThreatModel("linf", 0.1)), model, empty, torch.zeros(0).long())
+    assert crafted.x_adv.shape == empty.shape and crafted.n_violations == 0
+
+    from robench.evaluation import evaluate
+
+    x, y = torch.rand(6, 1, 8, 8), torch.full((6,), 2)
+    with torch.no_grad():  # every example predicted as class 0 or 1, never 2
+        model[1].weight.zero_()
+        model[1].bias.copy_(torch.tensor([1.0, 0.5, -5.0]))
+    pgd = build_registry().get("attack", "pgd").cls(ThreatModel("linf", 0.1), steps=2)
+    ev = evaluate(model, x, y, [("pgd", pgd)], attack_misclassified=False)
+    (out,) = ev.outcomes.values()
+    assert not out.robust.any()
