@@ -85,11 +85,32 @@ _overrides = click.option(
 )
 
 
+def _labels(value: str | None) -> tuple[str, ...]:
+    return tuple(x.strip() for x in (value or "").split(",") if x.strip())
+
+
+def _only(f):
+    """``--defenses`` and ``--attacks``: run a subset of the file's entries."""
+    f = click.option(
+        "--attacks",
+        "only_attacks",
+        metavar="LABEL,...",
+        help="Keep only these attacks of the file (labels, comma-separated).",
+    )(f)
+    return click.option(
+        "--defenses",
+        "only_defenses",
+        metavar="LABEL,...",
+        help="Keep only these defenses of the file (labels, comma-separated).",
+    )(f)
+
+
 @main.command()
 @click.argument("benchmark", type=click.Path(path_type=Path))
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @_data_root
 @_overrides
+@_only
 @click.option(
     "--output-dir",
     "-o",
@@ -117,6 +138,8 @@ def run(
     quiet: bool,
     fresh: bool,
     overrides: tuple[str, ...],
+    only_defenses: str | None,
+    only_attacks: str | None,
 ) -> None:
     """Train every defense of BENCHMARK (a TOML file) and score it against every attack.
 
@@ -141,6 +164,7 @@ def run(
             output_dir=output_dir,
             check_data=False,
             overrides=overrides,
+            only={"defenses": _labels(only_defenses), "attacks": _labels(only_attacks)},
         )
     except (ConfigError, PluginError) as exc:
         _report_failures(registry, "Warning", mentioned=str(exc))
@@ -187,7 +211,14 @@ def _print_table(df) -> None:
 @click.argument("benchmark", type=click.Path(path_type=Path))
 @_data_root
 @_overrides
-def validate(benchmark: Path, data_root: Path | None, overrides: tuple[str, ...]) -> None:
+@_only
+def validate(
+    benchmark: Path,
+    data_root: Path | None,
+    overrides: tuple[str, ...],
+    only_defenses: str | None,
+    only_attacks: str | None,
+) -> None:
     """Check BENCHMARK completely without training anything."""
     from robench.config import load_benchmark
     from robench.errors import ConfigError, PluginError
@@ -195,7 +226,11 @@ def validate(benchmark: Path, data_root: Path | None, overrides: tuple[str, ...]
     registry = _registry_or_exit(for_benchmarks=True)
     try:
         bench = load_benchmark(
-            benchmark, registry=registry, data_root=data_root, overrides=overrides
+            benchmark,
+            registry=registry,
+            data_root=data_root,
+            overrides=overrides,
+            only={"defenses": _labels(only_defenses), "attacks": _labels(only_attacks)},
         )
     except (ConfigError, PluginError) as exc:
         _report_failures(registry, "Warning", mentioned=str(exc))

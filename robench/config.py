@@ -51,6 +51,7 @@ from robench.checks import SANITY_PREFIX
 from robench.dataset import unwritable_dir
 from robench.errors import ConfigError
 from robench.overrides import apply as apply_overrides
+from robench.overrides import keep as keep_entries
 from robench.plugin import Params
 from robench.registry import Entry, Registry, get_registry, unknown_name_message
 from robench.schema import BenchmarkFile, EvaluationConfig
@@ -130,6 +131,8 @@ class Benchmark:
     raw: dict[str, Any]
     #: the command-line overrides applied to the file (``--set KEY=VALUE``, in order)
     overrides: tuple[str, ...] = ()
+    #: the entries kept from the file (``--defenses``/``--attacks``): table -> labels
+    only: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
         """The configuration with every default filled in (for provenance)."""
@@ -203,6 +206,7 @@ def load_benchmark(
     output_dir: str | Path | None = None,
     check_data: bool = True,
     overrides: Sequence[str] = (),
+    only: dict[str, Sequence[str]] | None = None,
 ) -> Benchmark:
     """Parse and validate a benchmark (a TOML path or a dict) completely.
 
@@ -210,7 +214,8 @@ def load_benchmark(
     directory). With ``check_data`` the dataset's files are checked under ``data_root`` and the
     model is checked against the dataset's shape. ``overrides`` (``KEY=VALUE`` strings,
     :mod:`robench.overrides`) are set on the file's tables first; errors then name the source
-    as ``FILE (with --set)``.
+    as ``FILE (with --set)``. ``only`` (``{"defenses": [labels], "attacks": [labels]}``) keeps
+    just those entries of the file (:func:`robench.overrides.keep`), before the overrides.
     """
     registry = registry or get_registry()
     if isinstance(config, dict):
@@ -220,6 +225,9 @@ def load_benchmark(
         path = Path(config)
         raw, source = read_toml(path), str(path)
         base_dir = path.resolve().parent
+    selected = {table: tuple(labels) for table, labels in (only or {}).items() if labels}
+    for table, labels in selected.items():
+        raw = keep_entries(raw, table, labels)
     if overrides:
         raw = apply_overrides(raw, overrides)
         source = f"{source or 'benchmark'} (with --set)"
@@ -323,6 +331,7 @@ def load_benchmark(
         attacks=tuple(attacks),
         raw=raw,
         overrides=tuple(overrides),
+        only=selected,
     )
     if check_data:
         check_data_and_model(bench, data_root or default_data_root(), source, prepare=False)

@@ -12,10 +12,11 @@ label), its index from 0, or ``*`` for every entry::
 
 ``VALUE`` is a TOML value (``2``, ``0.5``, ``true``, ``"8/255"``, ``[0.1, 0.2]``, ``{ name =
 "pgd", eps = 0.3 }``); a word that is not one (``cifar10``, ``8/255``) is taken as a string.
-Missing tables on the way are created. The overridden benchmark is then validated exactly like
-a file, so a wrong key, type or range fails with the file's one-line errors; only what the path
-itself gets wrong (a label no entry has, an index out of range, a key under a value that is
-not a table, no ``=``) is reported here, naming the override.
+Missing tables on the way are created. ``--defenses LABEL,...`` and ``--attacks LABEL,...``
+(:func:`keep`) run a subset of the file's entries. The overridden benchmark is then
+validated exactly like a file, so a wrong key, type or range fails with the file's one-line
+errors; only what the path itself gets wrong (a label no entry has, an index out of range, a
+key under a value that is not a table, no ``=``) is reported here, naming the override.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from __future__ import annotations
 import copy
 import re
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,23 @@ def apply(raw: dict[str, Any], overrides: Iterable[str | Override]) -> dict[str,
     for o in overrides:
         o = o if isinstance(o, Override) else parse(o)
         _set(out, o)
+    return out
+
+
+def keep(raw: dict[str, Any], table: str, labels: Sequence[str]) -> dict[str, Any]:
+    """A copy of ``raw`` whose array ``table`` (``defenses`` or ``attacks``) keeps only the
+    entries labelled ``labels`` (a label, else the entry's name), in the file's order;
+    ``--defenses`` / ``--attacks`` on the command line. A label no entry has is a one-line
+    :class:`ConfigError` naming the option."""
+    out = copy.deepcopy(raw)
+    entries = out.get(table)
+    entries = entries if isinstance(entries, list) else []
+    have = [_label(e) for e in entries]
+    for label in labels:
+        if label not in have:
+            message = unknown_name_message(f"{ARRAYS[table]} label", label, have)
+            raise ConfigError(message, field=f"--{table}")
+    out[table] = [e for e, label in zip(entries, have, strict=True) if label in set(labels)]
     return out
 
 

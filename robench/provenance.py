@@ -127,6 +127,7 @@ def run_record(
         "command": command_line(),
         "config_file": str(bench.source) if bench.source else None,
         "overrides": list(bench.overrides),
+        "only": {table: list(labels) for table, labels in bench.only.items()},
         "config": bench.resolved(),
         "seeds": {
             "benchmark": bench.seed,

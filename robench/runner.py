@@ -535,6 +535,7 @@ def run(
     threads: int | None = None,
     fresh: bool = False,
     overrides: Sequence[str] = (),
+    only: dict[str, Sequence[str]] | None = None,
 ) -> pd.DataFrame:
     """Run a benchmark and return its results table (also written under its output folder).
 
@@ -555,14 +556,15 @@ def run(
     ``results.partial.csv``) and raise KeyboardInterrupt.
     ``threads`` (else the file's ``threads``) sets torch's CPU threads for the run.
     ``overrides`` (``KEY=VALUE``, :mod:`robench.overrides`) change the file's settings for this
-    run, as ``robench run --set`` does; they are recorded in the provenance.
+    run, as ``robench run --set`` does, and ``only`` keeps a subset of the file's defenses and
+    attacks (``{"defenses": [labels]}``, as ``--defenses``); both are recorded in the provenance.
     ``df.attrs`` holds the paths written and the number of failed cells.
     """
     registry = registry or get_registry()
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     if isinstance(config, Benchmark):
         bench = config
-        if output_dir is not None or overrides:
+        if output_dir is not None or overrides or only:
             raise ValueError(
                 "pass output_dir and overrides to load_benchmark for a validated Benchmark"
             )
@@ -574,6 +576,7 @@ def run(
             output_dir=output_dir,
             check_data=False,
             overrides=overrides,
+            only=only,
         )
     n_threads = threads or bench.threads
     previous = torch.get_num_threads()

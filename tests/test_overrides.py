@@ -149,3 +149,28 @@ def test_run_applies_overrides_and_records_them_in_the_provenance(bench_file, tm
     assert prov["dataset"]["eval_examples"] == 20
     attacks = {a["label"]: a["eps"] for a in prov["config"]["attacks"]}
     assert attacks == {"fgsm": [0.1], "pgd-0.2": [0.1]}
+
+
+def test_defenses_and_attacks_options_keep_a_subset_in_the_file_order(bench_file, tmp_path):
+    bench = load_benchmark(
+        bench_file, only={"defenses": ["fgsm-mixed"], "attacks": ["pgd-0.2", "fgsm"]}
+    )
+    assert [d.label for d in bench.defenses] == ["fgsm-mixed"]
+    assert [a.label for a in bench.attacks] == ["fgsm", "pgd-0.2"]
+    result = CliRunner().invoke(main, ["validate", str(bench_file), "--defenses", "fgsm-mixd"])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith(
+        "Error: --defenses: unknown defense label 'fgsm-mixd'; did you mean 'fgsm-mixed'?"
+    )
+    # an override naming an attack that --attacks dropped fails like any unknown label
+    args = ["validate", str(bench_file), "--attacks", "fgsm", "--set", "attacks[pgd-0.2].steps=2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2 and "unknown attack label 'pgd-0.2'" in result.output
+    out = tmp_path / "subset"
+    args = ["run", str(bench_file), "-o", str(out), "--quiet", "--defenses", "standard"]
+    args += ["--attacks", "fgsm", "--set", "evaluation.sanity=false", "--set", "training.epochs=1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    prov = json.loads((out / "results.json").read_text())
+    assert prov["only"] == {"defenses": ["standard"], "attacks": ["fgsm"]}
+    assert [d["label"] for d in prov["config"]["defenses"]] == ["standard"]
