@@ -13,7 +13,8 @@ from torch import nn
 
 from robench.dataset import Data
 from robench.defense import Defense, TrainContext
-from robench.defenses.trades import EpsRamp, InnerPGDParams, MakeLoss, ascend
+from robench.defenses._preset import StepParams
+from robench.defenses.trades import EpsRamp, MakeLoss, ascend
 from robench.threat import ThreatModel
 
 #: The released code's guards: log(1.0001 − p) stays finite at p = 1, log(p + 1e-12) at p = 0,
@@ -103,7 +104,7 @@ class MART(Defense):
 
     example_params: ClassVar[dict[str, Any]] = {"eps": 0.1, "steps": 3}
 
-    class Params(InnerPGDParams):
+    class Params(StepParams):
         beta: float = Field(
             5.0,
             ge=0,

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
-
-from robench.defenses._preset import AdversarialPreset, PresetParams
-from robench.specs import AttackSpec, parse_eps
+from robench.defenses._preset import AdversarialPreset, StepParams
+from robench.specs import AttackSpec
 
 
 class PGDAT(AdversarialPreset):
@@ -28,31 +26,8 @@ class PGDAT(AdversarialPreset):
 
     name = "pgd-at"
 
-    class Params(PresetParams):
-        steps: int = Field(10, ge=1, description="PGD steps per training batch")
-        step_size: float | None = Field(
-            None,
-            gt=0,
-            allow_inf_nan=False,
-            description="absolute step: a number or a fraction like '2/255'; excludes rel_step",
-        )
-        rel_step: float | None = Field(
-            None,
-            gt=0,
-            allow_inf_nan=False,
-            description="step as a multiple of ε (default 2.5/steps); excludes step_size",
-        )
-
-        @field_validator("step_size", mode="before")
-        @classmethod
-        def _fraction(cls, value: Any) -> Any:
-            return parse_eps(value)
-
-        @model_validator(mode="after")
-        def _one_step_rule(self) -> PGDAT.Params:
-            if self.step_size is not None and self.rel_step is not None:
-                raise ValueError("give either step_size or rel_step, not both")
-            return self
+    class Params(StepParams):
+        pass
 
     params: Params
 

@@ -8,15 +8,14 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 from torch import nn
 
 from robench.attack import attack_mode
 from robench.attacks._common import Ball
 from robench.dataset import Data
 from robench.defense import Defense, TrainContext
-from robench.defenses._preset import PresetParams
-from robench.specs import parse_eps
+from robench.defenses._preset import StepParams
 from robench.threat import ThreatModel
 
 #: The standard deviation of the Gaussian start of the inner attack (both papers' code: 0.001).
@@ -26,43 +25,6 @@ START_STD = 1e-3
 #: the first step; returns the function of the adversarial logits that the inner attack
 #: maximises (a scalar: summed over the batch, so each example's gradient is its own).
 MakeLoss = Callable[[nn.Module, torch.Tensor], Callable[[torch.Tensor], torch.Tensor]]
-
-
-class InnerPGDParams(PresetParams):
-    """The budget (``eps``, ``norm``, ``eps_warmup``) and the inner attack of TRADES and MART:
-    ``steps`` gradient-ascent steps of ``step_size`` (or ``rel_step``·ε) from a small Gaussian
-    start."""
-
-    steps: int = Field(10, ge=1, description="gradient-ascent steps of the inner attack per batch")
-    step_size: float | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="absolute step: a number or a fraction like '2/255'; excludes rel_step",
-    )
-    rel_step: float | None = Field(
-        None,
-        gt=0,
-        allow_inf_nan=False,
-        description="step as a multiple of ε (default 2.5/steps); excludes step_size",
-    )
-
-    @field_validator("step_size", mode="before")
-    @classmethod
-    def _fraction(cls, value: Any) -> Any:
-        return parse_eps(value)
-
-    @model_validator(mode="after")
-    def _one_step_rule(self) -> InnerPGDParams:
-        if self.step_size is not None and self.rel_step is not None:
-            raise ValueError("give either step_size or rel_step, not both")
-        return self
-
-    def alpha(self, eps: float) -> float:
-        """The step at budget ``eps`` (during an ε warm-up a relative step follows ε)."""
-        if self.step_size is not None:
-            return self.step_size
-        return (self.rel_step if self.rel_step is not None else 2.5 / self.steps) * eps
 
 
 class EpsRamp:
@@ -210,7 +172,7 @@ class TRADES(Defense):
 
     example_params: ClassVar[dict[str, Any]] = {"eps": 0.1, "steps": 3}
 
-    class Params(InnerPGDParams):
+    class Params(StepParams):
         beta: float = Field(
             6.0,
             ge=0,
