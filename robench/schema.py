@@ -29,8 +29,9 @@ class EvaluationConfig(BaseModel):
     batch_size: int = Field(500, ge=1)
     sanity: bool = Field(
         True,
-        description="also run the sanity attacks (PGD at L∞ ε = 0.5, random noise at every "
-        "budget) that the trust checks use; their rows have kind 'sanity'",
+        description="also run the sanity attacks that the trust checks use (PGD at L∞ ε = 0.5; "
+        "random noise, Square with 500 queries and APGD-CE with 3 restarts at every budget); "
+        "their rows have kind 'sanity'",
     )
     attack_misclassified: bool = Field(
         True,

@@ -1,9 +1,10 @@
 """The CIFAR-10 benchmark end to end on the CPU: ``benchmarks/cifar.toml`` shrunk by overrides.
 
 Every defense and every attack of the file is kept (the file's models, training recipes with
-their memory format, the cascade, AutoAttack, Foolbox's FMN, the sanity attacks); only sizes
-shrink — training images, epochs, evaluation images, attack iterations — and the PreActResNets
-train in fp32 instead of bfloat16, which CPUs without native support emulate very slowly.
+their memory format, the cascade, AutoAttack, Foolbox's FMN); only sizes shrink — training
+images, epochs, evaluation images, attack iterations, the budgets to the recipes' 8/255 — the
+PreActResNets train in fp32 instead of bfloat16, which CPUs without native support emulate very
+slowly, and the sanity attacks are off (minutes per PreActResNet-18 on a CPU).
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ SMOKE = (
     # bfloat16 is emulated on CPUs without native support: PreActResNet-18 trained 10-16× slower
     # than in fp32 on this project's CPUs (robench warns); the smoke run trains in fp32
     'defenses[*].training.precision="fp32"',
-    "evaluation.n_examples=40",
+    "evaluation.n_examples=24",
+    # the trust checks' sanity attacks (Square at 500 queries and APGD with 3 × 100 steps at
+    # every budget) cost minutes per PreActResNet-18 on a CPU: off for the smoke run
+    "evaluation.sanity=false",
+    'attacks[*].eps=["8/255"]',  # every attack at the budget the recipes train for
     "attacks[autoattack].steps=5",
     "attacks[autoattack].n_queries=50",
     "attacks[foolbox-fmn-linf].steps=10",
@@ -63,7 +68,10 @@ def test_every_defense_attack_and_budget_of_the_file_runs_and_finishes_ok(smoke,
     file = read_toml(CIFAR)
     labels = {d.get("label", d["name"]) for d in file["defenses"]}
     assert set(df["defense"]) == labels
-    bench = load_benchmark(CIFAR, data_root=data_root)
+    bench = load_benchmark(CIFAR, data_root=data_root, overrides=SMOKE)
+    assert {a.label for a in bench.attacks} == {
+        a["label"] if "label" in a else a["name"] for a in file["attacks"]
+    }
     for a in bench.attacks:
         for eps in a.eps:
             cells = df[(df["attack"] == a.label) & (df["eps"] == pytest.approx(eps))]

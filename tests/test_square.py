@@ -182,6 +182,30 @@ def test_other_input_shapes(digits, norm) -> None:
         assert x_adv.shape == inputs.shape
 
 
+@pytest.mark.parametrize("norm", NORMS)
+def test_channels_last_inputs_give_the_same_result(norm) -> None:
+    """Batches in channels_last (as [evaluation] channels_last = true gives them) are attacked
+    as contiguous ones are, and the model is queried in the layout it was given."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    layouts = []
+
+    class Recording(nn.Module):
+        def forward(self, x):
+            layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+            return conv(x)
+
+    model = Recording().eval()
+    x, y = torch.rand(6, 3, 8, 8), torch.randint(0, 5, (6,))
+    attack = Square(ThreatModel(norm, EPS[norm]), n_queries=20)
+    plain = _attack(attack, model, x, y)
+    assert not any(layouts)
+    layouts.clear()
+    cl = _attack(attack, model, x.contiguous(memory_format=torch.channels_last), y)
+    assert layouts and all(layouts)
+    assert torch.equal(cl, plain)
+
+
 # --- strength --------------------------------------------------------------------------------
 
 

@@ -185,6 +185,10 @@ class Square(Attack):
 
     def _attack(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         shape = x.shape
+        # the windows are written through (N, C, H·W) views: work in the contiguous layout and
+        # hand the model its batches in the layout it was given (channels_last, say)
+        layout = _layout(x)
+        x = x.contiguous()
         if x.dim() == 4:
             images = x
         elif x.dim() == 3:
@@ -193,20 +197,25 @@ class Square(Attack):
             images = x.reshape(len(x), 1, 1, -1)
 
         best = images.clone()
-        best_margin = _margin(model(x), y)
+        best_margin = _margin(model(x.contiguous(memory_format=layout)), y)
         todo = (best_margin >= 0).nonzero().flatten()
         for _ in range(self.params.restarts):
             if not len(todo):
                 break
-            found, margin = self._single_run(model, images[todo], y[todo], shape[1:])
+            found, margin = self._single_run(model, images[todo], y[todo], shape[1:], layout)
             better = margin < best_margin[todo]
             best[todo[better]] = found[better]
             best_margin[todo[better]] = margin[better]
             todo = todo[margin >= 0]
-        return best.view(shape)
+        return best.view(shape).contiguous(memory_format=layout)
 
     def _single_run(
-        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, item_shape: torch.Size
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        item_shape: torch.Size,
+        layout: torch.memory_format,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One run from a fresh initial point: each example's final point and its margin."""
         p, eps = self.params, self.threat.eps
@@ -216,7 +225,8 @@ class Square(Attack):
         windows = _Windows(h, w, x)
 
         def margin_of(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-            return _margin(model(batch.view(len(batch), *item_shape)), labels)
+            batch = batch.view(len(batch), *item_shape).contiguous(memory_format=layout)
+            return _margin(model(batch), labels)
 
         if linf:  # the box of coordinates the ball and the bounds allow
             low = (x - eps).clamp_(min=lo)
@@ -364,3 +374,12 @@ def _rescaled(x: torch.Tensor, delta: torch.Tensor, eps: float, lo: float, hi: f
     """``x + ε·δ/‖δ‖₂`` per example, clipped to the bounds."""
     norms = torch.linalg.vector_norm(delta.flatten(1), dim=1).clamp_(min=_TINY)
     return delta.mul_((eps / norms)[:, None, None, None]).add_(x).clamp_(lo, hi)
+
+
+def _layout(x: torch.Tensor) -> torch.memory_format:
+    """The memory format of a batch: channels_last when a 4-D batch is laid out so (and not
+    also contiguous, as a batch with one channel or one pixel is both), else contiguous."""
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
