@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robench import precision
+from robench import chunks, precision
 from robench.attacks._common import Ball
 from robench.attacks.pgd import _confirmed, _near_boundary
 from robench.plugin import Params
@@ -252,25 +252,32 @@ def _pass(
     With ``grad``, a gradient pass in the attack's precision (:func:`robench.precision.
     gradient_autocast`), or ``eot_iter`` of them whose gradients and losses are averaged (for
     a randomised model; the logits are the last draw's); without, one forward pass in full
-    precision (APGD's last iterate needs only its loss and the model's verdict)."""
+    precision (APGD's last iterate needs only its loss and the model's verdict). On a CPU, in
+    chunks (:mod:`robench.chunks`)."""
     device_type = x.device.type
     if not grad:
         with torch.no_grad(), precision.full_precision(device_type):
-            logits = model(x)
+            logits = chunks.forward(model, x)
         return None, logits, loss_and_logit_grad(logits, y, loss, target)[0]
-    x = x.detach().requires_grad_(True)
-    total = values = None
-    for _ in range(eot_iter):
-        with precision.gradient_autocast(device_type):
-            logits = model(x)
-        value, dlogits = loss_and_logit_grad(logits, y, loss, target)
-        # ∑ logits·dlogits has gradient dlogits at the logits (a scalar output: grad_outputs
-        # would make autograd import torch.fx's symbolic shapes, seconds on first use)
-        (g,) = torch.autograd.grad((logits * dlogits.to(logits.dtype)).sum(), x)
-        total, values = (g, value) if total is None else (total.add_(g), values.add_(value))
-    if eot_iter > 1:
-        total, values = total.div_(eot_iter), values.div_(eot_iter)
-    return total, logits.detach(), values
+
+    def one(rows: slice) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_rows = x[rows].detach().requires_grad_(True)
+        y_rows, t_rows = y[rows], None if target is None else target[rows]
+        total = values = None
+        for _ in range(eot_iter):
+            with precision.gradient_autocast(device_type):
+                logits = model(x_rows)
+            value, dlogits = loss_and_logit_grad(logits, y_rows, loss, t_rows)
+            # ∑ logits·dlogits has gradient dlogits at the logits (a scalar output: grad_outputs
+            # would make autograd import torch.fx's symbolic shapes, seconds on first use)
+            (g,) = torch.autograd.grad((logits * dlogits.to(logits.dtype)).sum(), x_rows)
+            total, values = (g, value) if total is None else (total.add_(g), values.add_(value))
+        if eot_iter > 1:
+            total, values = total.div_(eot_iter), values.div_(eot_iter)
+        return total, logits.detach(), values
+
+    total, logits, values = chunks.gradient_passes(model, x, one)
+    return total, logits, values
 
 
 def _correct(
@@ -288,7 +295,7 @@ def _correct(
 def _clean_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The model's logits at the clean inputs, in its own precision."""
     with torch.no_grad(), precision.full_precision(x.device.type):
-        return model(x)
+        return chunks.forward(model, x)
 
 
 # --- one APGD run -----------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robench import chunks
 from robench.precision import gradient_autocast
 from robench.threat import ThreatModel
 
@@ -45,14 +46,19 @@ def gradient_and_logits(
 
     The pass runs in the evaluation's attack precision (:func:`robench.precision.
     gradient_autocast`); the gradient comes back in ``x_adv``'s dtype, the logits in the
-    precision they were computed in.
+    precision they were computed in. On a CPU, in chunks (:mod:`robench.chunks`).
     """
-    x_adv = x_adv.detach().requires_grad_(True)
-    with gradient_autocast(x_adv.device.type):
-        logits = model(x_adv)
-        total = per_example_loss(logits, y, loss).sum()
-    (grad,) = torch.autograd.grad(total, x_adv)
-    return grad, logits.detach()
+
+    def one(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        x_rows = x_adv[rows].detach().requires_grad_(True)
+        with gradient_autocast(x_rows.device.type):
+            logits = model(x_rows)
+            total = per_example_loss(logits, y[rows], loss).sum()
+        (grad,) = torch.autograd.grad(total, x_rows)
+        return grad, logits.detach()
+
+    grad, logits = chunks.gradient_passes(model, x_adv, one)
+    return grad, logits
 
 
 def _per_example(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

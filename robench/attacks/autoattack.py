@@ -9,7 +9,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from robench import precision
+from robench import chunks, precision
 from robench.attack import Attack
 from robench.attacks._common import check_target_classes
 from robench.plugin import Params
@@ -150,4 +150,4 @@ def _chosen(p: AutoAttack.Params) -> tuple[str, ...]:
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Whether the model, in its own precision, classifies each example correctly."""
     with torch.no_grad(), precision.full_precision(x.device.type):
-        return model(x).argmax(dim=1) == y
+        return chunks.forward(model, x).argmax(dim=1) == y

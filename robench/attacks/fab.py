@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from robench import precision
+from robench import chunks, precision
 from robench.attack import Attack
 from robench.attacks._common import check_target_classes
 from robench.plugin import Params
@@ -126,7 +126,7 @@ class FAB(Attack):
     def run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         p, device = self.params, x.device.type
         with torch.no_grad(), precision.full_precision(device):
-            logits = model(x)
+            logits = chunks.forward(model, x)
         n_classes = logits.shape[1]
         if p.targeted and p.n_target_classes > n_classes - 1:
             raise ValueError(
@@ -206,7 +206,7 @@ class FAB(Attack):
                 .clamp_(lo, hi)
             )
             with torch.no_grad(), precision.full_precision(device):
-                fooled = model(x_k).argmax(dim=1) != y
+                fooled = chunks.forward(model, x_k).argmax(dim=1) != y
             if not fooled.any():
                 continue
             dist = _norm(x_k - x0, norm)
@@ -227,14 +227,20 @@ class FAB(Attack):
     def _target_plane(
         self, model: nn.Module, x_k: torch.Tensor, y: torch.Tensor, target: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f_t − f_y`` at ``x_k`` and its input gradient (flattened): one forward-backward."""
-        x_k = x_k.detach().requires_grad_(True)
-        with torch.enable_grad():
-            with precision.gradient_autocast(x_k.device.type):
-                logits = model(x_k)
-                diff = logits.gather(1, target[:, None]) - logits.gather(1, y[:, None])
-            (grad,) = torch.autograd.grad(diff.sum(), x_k)
-        return diff.detach().squeeze(1).to(x_k.dtype), grad.reshape(len(x_k), -1)
+        """``f_t − f_y`` at ``x_k`` and its input gradient (flattened): one forward-backward
+        (on a CPU, in chunks: :mod:`robench.chunks`)."""
+
+        def one(rows: slice) -> tuple[torch.Tensor, torch.Tensor]:
+            x_rows = x_k[rows].detach().requires_grad_(True)
+            with torch.enable_grad():
+                with precision.gradient_autocast(x_rows.device.type):
+                    logits = model(x_rows)
+                    diff = logits.gather(1, target[rows, None]) - logits.gather(1, y[rows, None])
+                (grad,) = torch.autograd.grad(diff.sum(), x_rows)
+            return diff.detach().squeeze(1).to(x_rows.dtype), grad.reshape(len(x_rows), -1)
+
+        diff, grad = chunks.gradient_passes(model, x_k, one)
+        return diff, grad
 
     def _closest_plane(
         self, model: nn.Module, x_k: torch.Tensor, y: torch.Tensor

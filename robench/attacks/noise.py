@@ -6,6 +6,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from robench import chunks
 from robench.attack import Attack
 from robench.attacks._common import Ball
 from robench.plugin import Params
@@ -44,7 +45,7 @@ class RandomNoise(Attack):
                 flat = noise.reshape(len(x), -1).norm(dim=1).clamp(min=1e-12)
                 point = x + noise * (self.threat.eps / flat).view(-1, *([1] * (x.dim() - 1)))
             point = ball.project_(point)
-            new = (model(point).argmax(1) != y) & ~fooled
+            new = (chunks.forward(model, point).argmax(1) != y) & ~fooled
             x_adv[new] = point[new]
             fooled |= new
             if fooled.all():

@@ -6,7 +6,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from robench import precision
+from robench import chunks, precision
 from robench.attack import Attack
 from robench.attacks._common import (
     Ball,
@@ -102,7 +102,7 @@ class PGD(Attack):
             else:
                 x_adv = self._descend(model, ball, start, y)
             with torch.no_grad():
-                logits = model(x_adv)
+                logits = chunks.forward(model, x_adv)
                 loss = per_example_loss(logits, y, p.loss)
                 fooled = logits.argmax(dim=1) != y
             if best is None:
@@ -182,7 +182,7 @@ def _confirmed(
     """``hit`` where the model, in its own precision, misclassifies ``x_adv``."""
     rows = hit.nonzero().flatten()
     with torch.no_grad(), precision.full_precision(x_adv.device.type):
-        wrong = model(x_adv[rows]).argmax(dim=1) != y[rows]
+        wrong = chunks.forward(model, x_adv[rows]).argmax(dim=1) != y[rows]
     hit = torch.zeros_like(hit)
     hit[rows[wrong]] = True
     return hit

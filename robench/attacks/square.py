@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from robench import precision
+from robench import chunks, precision
 from robench.attack import Attack
 from robench.attacks._common import per_example_loss
 from robench.plugin import Params
@@ -132,9 +132,9 @@ class Square(Attack):
     then stops costing queries and keeps that point. A clean pass first leaves out the examples
     the model already misclassifies (returned unchanged). The batch shrinks as examples are
     fooled: each iteration costs one forward pass on the still-robust examples and one device
-    sync. Every pass runs in the model's full precision (any autocast is suspended; the
-    evaluation's bf16 setting concerns gradient passes, of which Square has none), so every
-    acceptance is the model's own verdict.
+    sync; on a CPU, the pass runs in chunks (:mod:`robench.chunks`). Every pass runs in the
+    model's full precision (any autocast is suspended; the evaluation's bf16 setting concerns
+    gradient passes, of which Square has none), so every acceptance is the model's own verdict.
 
     Where this follows the paper rather than the authors' PyTorch code (which torchattacks
     ports): the windows, the L∞ signs and the L2 bump's orientation are drawn per example
@@ -197,7 +197,7 @@ class Square(Attack):
             images = x.reshape(len(x), 1, 1, -1)
 
         best = images.clone()
-        best_margin = _margin(model(x.contiguous(memory_format=layout)), y)
+        best_margin = _margin(chunks.forward(model, x.contiguous(memory_format=layout)), y)
         todo = (best_margin >= 0).nonzero().flatten()
         for _ in range(self.params.restarts):
             if not len(todo):
@@ -226,7 +226,7 @@ class Square(Attack):
 
         def margin_of(batch: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             batch = batch.view(len(batch), *item_shape).contiguous(memory_format=layout)
-            return _margin(model(batch), labels)
+            return _margin(chunks.forward(model, batch), labels)
 
         if linf:  # the box of coordinates the ball and the bounds allow
             low = (x - eps).clamp_(min=lo)
