@@ -258,8 +258,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
-    dev = provenance.device_info(args.device)
-    versions = provenance.versions(VERSIONS)
+    where, versions = provenance.device_label(args.device), provenance.versions_line(VERSIONS)
     rows: list[dict[str, Any]] = []
     df = pd.DataFrame()
     for spec in SPECS:
@@ -274,10 +273,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             rows += [r | {"dataset": info.name} for r in score(spec, eps, model, x, y, info, args)]
             # written after every budget: an interrupted run keeps what it measured
             df = pd.DataFrame(rows)
-            df["device"] = (
-                f"{dev.get('gpu', dev['cpu'])} ({args.device}, {dev['torch_threads']} threads)"
-            )
-            df["versions"] = "; ".join(f"{k} {versions[k]}" for k in VERSIONS if k in versions)
+            df["device"], df["versions"] = where, versions
             args.output.parent.mkdir(parents=True, exist_ok=True)
             df.to_csv(args.output, index=False)
     print(f"written to {args.output}")

@@ -224,16 +224,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     g = torch.Generator().manual_seed(SEED)  # the mirror's test split is ordered by class
     order = torch.randperm(len(test), generator=g)
     test = Data(test.x[order], test.y[order])
-    dev = provenance.device_info(args.device)
-    where = f"{dev.get('gpu', dev['cpu'])} ({args.device}, {dev['torch_threads']} threads)"
+    where = provenance.device_label(args.device)
     print(f"CIFAR-10 mirror: {len(train)} training images (4,000 tiled); {where}")
     rows: list[dict[str, Any]] = []
     for label in args.recipes:
         rows += recipe_rows(label, bench, train, test, info, args)
     df = pd.DataFrame(rows)
     df["device"] = where
-    versions = provenance.versions(VERSIONS)
-    df["versions"] = "; ".join(f"{k} {versions[k]}" for k in VERSIONS if k in versions)
+    df["versions"] = provenance.versions_line(VERSIONS)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.output, index=False)
     print(f"written to {args.output}")

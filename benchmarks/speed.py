@@ -766,8 +766,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     dataset, train, test, info = load_data(args.data_root, args.dataset)
     trainer = Trainer(dataset, train, info, device, args.train_examples)
     x, y = test.x[: args.n].to(device), test.y[: args.n].to(device)
-    dev = provenance.device_info(device)
-    where = f"{dev.get('gpu', dev['cpu'])} ({device}, {dev['torch_threads']} threads)"
+    where = provenance.device_label(device)
     print(f"{dataset}: {len(y)} test images, {trainer.n_train} training images; {where}")
 
     rows: list[dict[str, Any]] = []
@@ -822,8 +821,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     df = pd.DataFrame(rows).reindex(columns=columns)
     df["repeats"] = args.repeats
     df["device"] = where
-    versions = provenance.versions(VERSIONS)
-    df["versions"] = "; ".join(f"{k} {versions[k]}" for k in VERSIONS if k in versions)
+    df["versions"] = provenance.versions_line(VERSIONS)
     shown = df.drop(columns=["alpha", "repeats", "device", "versions"]).round(
         {
             "seconds": 3,

@@ -45,6 +45,20 @@ def versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
     return out
 
 
+def versions_line(names: tuple[str, ...]) -> str:
+    """``"robench 0.1.0; torch 2.14.1+cu130; ..."``: the versions of ``names`` installed here
+    (a column of the benchmark scripts' CSVs)."""
+    found = versions(names)
+    return "; ".join(f"{k} {found[k]}" for k in names if k in found)
+
+
+def device_label(device: torch.device) -> str:
+    """``"NVIDIA H200 (cuda, 16 threads)"`` or ``"x86_64 (cpu, 1 threads)"``: the device a
+    benchmark script measured on, for its CSV's ``device`` column and its printout."""
+    dev = device_info(device)
+    return f"{dev.get('gpu', dev['cpu'])} ({device}, {dev['torch_threads']} threads)"
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     """The device, and what CPU numbers depend on: float reductions (convolutions, matrix
     products, sums) are split across threads, so the thread count changes results slightly."""
@@ -56,7 +70,9 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "cpu_count": os.cpu_count(),
         "thread_env": {
-            k: os.environ[k] for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "ROBENCH_CPU_CHUNK_MB")
+            if k in os.environ
         },
     }
     if device.type == "cuda":
