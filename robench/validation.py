@@ -182,7 +182,11 @@ class Validator:
 
     def training(self, base: dict[str, Any], override: dict[str, Any], where: str):
         def prefix_of(key: Any) -> str:
-            return where if key in override else "training"
+            # a key of the entry's own table, or one of [training] that only the entry's
+            # settings make wrong (schedule = "multi-step" there, no milestone_epochs): the entry
+            if key in override or (override and _valid(base)):
+                return where
+            return "training"
 
         raw = {**base, **override}
         try:
@@ -194,6 +198,15 @@ class Validator:
             raise_one_line(exc, prefix, self.source, "[training]", known)
         check_no_bool_numbers(raw, config, "training", self.source, prefix_of)
         return config
+
+
+def _valid(training: dict[str, Any]) -> bool:
+    """Whether ``training`` is a valid ``[training]`` table on its own."""
+    try:
+        TrainingConfig.model_validate(training)
+    except ValidationError:
+        return False
+    return True
 
 
 def check_unique(labels: list[str], what: str, source: str | None) -> None:

@@ -435,6 +435,17 @@ def test_bad_training_settings_are_one_line_errors(settings, expected):
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(("settings", "expected"), ERRORS)
+def test_a_defense_s_own_bad_training_settings_name_the_defense(settings, expected):
+    """The same settings in a defense's ``training`` table: the error names that table, also
+    where a key of [training] is wrong only because of the defense's own settings."""
+    raw = copy.deepcopy(BASE)
+    raw["defenses"][0]["training"] = settings
+    with pytest.raises(ConfigError) as info:
+        load_benchmark(raw, registry=REGISTRY, check_data=False)
+    assert str(info.value).startswith("defenses[0]." + expected), str(info.value)
+
+
 def test_new_settings_load_from_a_benchmark():
     raw = copy.deepcopy(BASE)
     raw["training"].update(
