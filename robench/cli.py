@@ -122,6 +122,20 @@ def _only(f):
     type=click.IntRange(min=1),
     help="CPU threads for torch (default: the file's threads, else one per core).",
 )
+@click.option(
+    "--cell-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop an evaluation cell after SECONDS and record it as an error (the file's "
+    "[execution] cell_timeout; --set execution.cell_timeout=SECONDS).",
+)
+@click.option(
+    "--train-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Stop a training after SECONDS: its model's cells become errors ([execution] "
+    "train_timeout).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option(
     "--fresh",
@@ -135,6 +149,8 @@ def run(
     data_root: Path | None,
     output_dir: Path | None,
     threads: int | None,
+    cell_timeout: float | None,
+    train_timeout: float | None,
     quiet: bool,
     fresh: bool,
     overrides: tuple[str, ...],
@@ -156,6 +172,9 @@ def run(
     from robench.runner import run as run_benchmark
 
     registry = _registry_or_exit(for_benchmarks=True)
+    for key, value in (("cell_timeout", cell_timeout), ("train_timeout", train_timeout)):
+        if value is not None:
+            overrides = (*overrides, f"execution.{key}={value!r}")
     try:
         # validated first, so that a plugin failure the benchmark depends on is one line
         bench = load_benchmark(

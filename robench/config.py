@@ -54,7 +54,7 @@ from robench.overrides import apply as apply_overrides
 from robench.overrides import keep as keep_entries
 from robench.plugin import Params
 from robench.registry import Entry, Registry, get_registry, unknown_name_message
-from robench.schema import BenchmarkFile, EvaluationConfig
+from robench.schema import BenchmarkFile, EvaluationConfig, ExecutionConfig
 from robench.training import TrainingConfig
 from robench.validation import (
     Validator,
@@ -129,6 +129,8 @@ class Benchmark:
     defenses: tuple[DefenseUse, ...]
     attacks: tuple[AttackUse, ...]
     raw: dict[str, Any]
+    #: the ``[execution]`` table: time limits (how the run goes, not what it computes)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     #: the command-line overrides applied to the file (``--set KEY=VALUE``, in order)
     overrides: tuple[str, ...] = ()
     #: the entries kept from the file (``--defenses``/``--attacks``): table -> labels
@@ -150,6 +152,7 @@ class Benchmark:
             "model": plug(self.model),
             "training": self.training.model_dump(mode="json"),
             "evaluation": self.evaluation.model_dump(mode="json"),
+            "execution": self.execution.model_dump(mode="json"),
             "defenses": [
                 {
                     "label": d.label,
@@ -327,6 +330,7 @@ def load_benchmark(
         model=model,
         training=training,
         evaluation=f.evaluation,
+        execution=f.execution,
         defenses=tuple(defenses),
         attacks=tuple(attacks),
         raw=raw,

@@ -3,6 +3,7 @@ worst case per ε and the trust checks, each read back from the cell store or co
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -23,6 +24,7 @@ from robench.reproducibility import cell_seed
 from robench.rows import Row
 from robench.scoring import AttackOutcome, Cell, Plan, Scorer, predict
 from robench.threat import ThreatModel
+from robench.timelimit import time_limit
 
 if TYPE_CHECKING:
     from robench.runner import _Run
@@ -132,8 +134,9 @@ class ModelCells:
                 self.load(t0)
                 t1 = time.perf_counter()
                 x, y = self.x, self.y
-                self.clean = predict(self.model, x, run.bench.evaluation.batch_size) == y
-                flags = self._model_flags(self.model, x[self.clean], y[self.clean])
+                with self._limit("its clean cell"):
+                    self.clean = predict(self.model, x, run.bench.evaluation.batch_size) == y
+                    flags = self._model_flags(self.model, x[self.clean], y[self.clean])
                 n = int(self.clean.sum())
                 measured = Measured(n, n / len(y), time.perf_counter() - t1, flags="; ".join(flags))
                 stored = run.cells.put(
@@ -226,7 +229,9 @@ class ModelCells:
         run, d = self.run, self.d
         try:
             cell, key = run.trained.cell(d, self.seed)
-            model, reused = run.trained.get(d, self.seed, run.train, self.name, cell, key)
+            limit = run.bench.execution.train_timeout
+            with time_limit(limit, f"{self.step} {self.name}", "[execution] train_timeout"):
+                model, reused = run.trained.get(d, self.seed, run.train, self.name, cell, key)
             if reused is None:
                 self.base = replace(self.base, train_seconds=time.perf_counter() - t0)
                 run.report.trained(self.name, self.base.train_seconds)
@@ -239,6 +244,11 @@ class ModelCells:
             self.model_failed = error_line(exc)
             raise
         self.model, self.x, self.y = model, x, y
+
+    def _limit(self, what: str) -> contextlib.AbstractContextManager:
+        """The evaluation cells' time limit (``[execution] cell_timeout``)."""
+        limit = self.run.bench.execution.cell_timeout
+        return time_limit(limit, f"{self.name}: {what}", "[execution] cell_timeout")
 
     def _scorer(self) -> Scorer:
         """The scorer of this model, started (model loaded) at the first cell to compute."""
@@ -286,10 +296,11 @@ class ModelCells:
             self._source_key(a.source),
             after if self.plan.in_cascade(cell) else [],
         )
+        what = f"{a.label} {cell.norm} eps={cell.eps:g}"
         main = self._lookup(key)
         reused = main is not None
         if main is None:
-            main = self._compute(key, record, t0, lambda s: s.score_main(cell))
+            main = self._compute(key, record, t0, lambda s: s.score_main(cell), what)
         else:
             self._known(cell, main)
         m = main.measured
@@ -300,7 +311,13 @@ class ModelCells:
         if part is None:
             reused = False
             t1 = time.perf_counter()
-            part = self._compute(part_key, record, t1, lambda s: s.score_misclassified(cell))
+            part = self._compute(
+                part_key,
+                record,
+                t1,
+                lambda s: s.score_misclassified(cell),
+                f"{what} (on the clean-misclassified examples)",
+            )
         p = part.measured
         n = len(main.outcome)
         return (
@@ -323,10 +340,13 @@ class ModelCells:
         record: dict[str, Any],
         t0: float,
         score: Callable[[Scorer], AttackOutcome],
+        what: str,
     ) -> StoredCell:
         """Run ``score`` (a part of a cell) with this model's scorer, store the result, and
-        return it as stored."""
-        out = score(self._scorer())
+        return it as stored; ``what`` names the cell in a time-limit error."""
+        scorer = self._scorer()  # the model loaded (or trained) first: not the cell's time
+        with self._limit(what):
+            out = score(scorer)
         robust = out.robust
         n = len(robust)
         measured = Measured(

@@ -57,6 +57,28 @@ class EvaluationConfig(BaseModel):
     )
 
 
+class ExecutionConfig(BaseModel):
+    """The ``[execution]`` table: how the grid runs, not what it computes (no cell's key
+    depends on it)."""
+
+    model_config = _Strict
+
+    cell_timeout: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds an evaluation cell (clean or one attack at one ε) may take: a cell "
+        "past it is stopped and recorded as an error, and the run goes on (default: no limit)",
+    )
+    train_timeout: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="seconds one training (one defense, one seed) may take: past it, the "
+        "training stops and the model's cells are recorded as errors (default: no limit)",
+    )
+
+
 class PluginTable(BaseModel):
     """A table naming a plugin; its other keys are the plugin's parameters."""
 
@@ -137,6 +159,7 @@ class BenchmarkFile(BaseModel):
     model: PluginTable
     training: dict[str, Any] = Field(default_factory=dict)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     #: at least one each (:func:`robench.config.load_benchmark` says so when there is none)
     defenses: list[DefenseTable] = Field(default_factory=list)
     attacks: list[AttackTable] = Field(default_factory=list)
