@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS cells (
     created TEXT NOT NULL
 )
 """
+_INSERT = "INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,7 @@ class CellStore:
             created,
         )
         with self.db:
-            self.db.execute("INSERT OR REPLACE INTO cells VALUES (?, ?, ?, ?, ?, ?, ?, ?)", values)
+            self.db.execute(_INSERT, values)
             faults.point("cell-write")  # a test's kill inside the transaction
         stored = self.get(key)
         assert stored is not None
@@ -157,6 +158,20 @@ class CellStore:
 
     def __len__(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM cells").fetchone()[0])
+
+    def export(self, model: str | None = None) -> list[tuple]:
+        """The stored cells (of the model keyed ``model``, or all) as raw rows, what
+        :meth:`merge` takes: how an executor's tasks and the run's own store exchange cells."""
+        if model is None:
+            return self.db.execute("SELECT * FROM cells").fetchall()
+        return self.db.execute("SELECT * FROM cells WHERE model_key = ?", (model,)).fetchall()
+
+    def merge(self, rows: list[tuple]) -> int:
+        """Store raw rows from another store's :meth:`export` (one transaction); returns how
+        many there were."""
+        with self.db:
+            self.db.executemany(_INSERT, rows)
+        return len(rows)
 
 
 def evaluation_cell(kind: str, **parts: Any) -> tuple[dict[str, Any], str]:

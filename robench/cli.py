@@ -123,6 +123,17 @@ def _only(f):
     help="CPU threads for torch (default: the file's threads, else one per core).",
 )
 @click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    help="Where the cells run: in this process (local, the default) or as Ray tasks "
+    "([execution] executor; pip install -e '.[ray]').",
+)
+@click.option(
+    "--address",
+    metavar="auto|HOST:PORT",
+    help="The Ray cluster to join (default: start a local one); implies --executor ray.",
+)
+@click.option(
     "--cell-timeout",
     type=click.FloatRange(min=0, min_open=True),
     metavar="SECONDS",
@@ -149,6 +160,8 @@ def run(
     data_root: Path | None,
     output_dir: Path | None,
     threads: int | None,
+    executor: str | None,
+    address: str | None,
     cell_timeout: float | None,
     train_timeout: float | None,
     quiet: bool,
@@ -172,7 +185,14 @@ def run(
     from robench.runner import run as run_benchmark
 
     registry = _registry_or_exit(for_benchmarks=True)
-    for key, value in (("cell_timeout", cell_timeout), ("train_timeout", train_timeout)):
+    if address is not None:
+        executor = executor or "ray"
+    for key, value in (
+        ("executor", executor),
+        ("address", address),
+        ("cell_timeout", cell_timeout),
+        ("train_timeout", train_timeout),
+    ):
         if value is not None:
             overrides = (*overrides, f"execution.{key}={value!r}")
     try:

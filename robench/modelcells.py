@@ -131,6 +131,8 @@ class ModelCells:
             )
         else:
             try:
+                if not run.selection.compute:
+                    raise RuntimeError(run.selection.reason(d.label, self.seed))
                 self.load(t0)
                 t1 = time.perf_counter()
                 x, y = self.x, self.y
@@ -208,6 +210,27 @@ class ModelCells:
         run.rows[clean_index] = replace(clean_row, flags="; ".join(flags))
         run.report.flags(self.name, flags)
 
+    def as_source(self) -> None:
+        """Not scored here, but the model transfer attacks craft on (loaded when one needs it)."""
+        self.run.sources[self.d.label] = self
+        try:
+            self.key = self._model_key()
+        except Exception as exc:  # its transfer cells say the source has no model
+            self.model_failed = error_line(exc)
+
+    def train(self) -> None:
+        """Train (or reuse from the store, or load) this model and score nothing; a failure is
+        recorded as the clean cell's error, every other cell not run."""
+        t0 = time.perf_counter()
+        try:
+            self.key = self._model_key()
+            self.base = replace(self.base, model_key=store.short(self.key))
+            self.load(t0)
+        except Exception as exc:
+            self._all_failed(exc, time.perf_counter() - t0)
+            return
+        self.run.report.done += 1 + len(self.plan.order)
+
     def _model_key(self) -> str:
         """The key of this defense's model: its training cell's, or (a model trained elsewhere,
         loaded now) its weights'."""
@@ -229,6 +252,13 @@ class ModelCells:
         run, d = self.run, self.d
         try:
             cell, key = run.trained.cell(d, self.seed)
+            selection = run.selection
+            if (
+                d.entry.cls.trains
+                and not (selection.train and selection.compute)
+                and run.trained.store.lookup(key)[0] is None
+            ):
+                raise RuntimeError(selection.reason(d.label, self.seed))
             limit = run.bench.execution.train_timeout
             with time_limit(limit, f"{self.step} {self.name}", "[execution] train_timeout"):
                 model, reused = run.trained.get(d, self.seed, run.train, self.name, cell, key)
@@ -299,6 +329,9 @@ class ModelCells:
         what = f"{a.label} {cell.norm} eps={cell.eps:g}"
         main = self._lookup(key)
         reused = main is not None
+        where = (self.d.label, self.seed, a.label, cell.norm, cell.eps)
+        if main is None and not run.selection.compute:
+            raise RuntimeError(run.selection.reason(*where))
         if main is None:
             main = self._compute(key, record, t0, lambda s: s.score_main(cell), what)
         else:
@@ -308,6 +341,8 @@ class ModelCells:
             return key, main, m, reused
         record, part_key = run.keys.misclassified(record, cell, self.plan)
         part = self._lookup(part_key)
+        if part is None and not run.selection.compute:
+            raise RuntimeError(run.selection.reason(*where))
         if part is None:
             reused = False
             t1 = time.perf_counter()

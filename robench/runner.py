@@ -8,6 +8,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,32 @@ def _stop_signals_interrupt() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+@dataclass(frozen=True)
+class Selection:
+    """The part of a run one process does, for an executor that spreads the grid over workers
+    (:mod:`robench.rayexec`); the default is the whole run, computed here."""
+
+    #: the models, ``(defense label, training seed)``, to train and score (None: every one);
+    #: the others are only loaded where a transfer attack crafts on them
+    models: frozenset[tuple[str, int]] | None = None
+    #: train (or reuse) the selected models and score nothing
+    train_only: bool = False
+    #: False: a model must be in the store already (trained by another task); none is trained
+    train: bool = True
+    #: False: compute nothing; a cell (or model) not stored is an error saying why, from
+    #: :attr:`reasons` (``(defense, seed, attack label, norm, eps)`` or ``(defense, seed)``)
+    compute: bool = True
+    reasons: dict[tuple, str] = field(default_factory=dict)
+
+    def wants(self, label: str, seed: int) -> bool:
+        return self.models is None or (label, seed) in self.models
+
+    def reason(self, *where: Any) -> str:
+        """Why the cell at ``where`` (or its model) was not computed, for the error row."""
+        why = self.reasons.get(where) or self.reasons.get(where[:2])
+        return f"not computed by the executor's task: {why or 'no result came back'}"
+
+
 class _Run:
     """One benchmark run: scores each defense's model, cell by cell, reusing every cell the
     output folder's store holds (:mod:`robench.cellstore`) and storing each cell it computes."""
@@ -102,10 +129,12 @@ class _Run:
         sanity: list[AttackUse],
         train: Data,
         fresh: bool = False,
+        selection: Selection | None = None,
     ) -> None:
         self.bench, self.registry, self.device, self.info = bench, registry, device, info
         self.report, self.cells, self.keys, self.train = reporter, cells, keys, train
         self.fresh = fresh
+        self.selection = selection or Selection()
         #: the finished rows, and per row with an outcome vector its (defense, seed, attack,
         #: norm, eps) and the vector (``outcomes.npz``)
         self.rows: list[Row] = []
@@ -153,8 +182,18 @@ class _Run:
     def defense(self, d: DefenseUse, seed: int, ev: Data) -> None:
         """Score the model of ``d`` trained with ``seed``: clean, under every attack × ε, and
         per-ε worst case. Cells stored already are read back; the model is trained (or loaded)
-        only if some cell must be computed."""
-        ModelCells(self, d, seed, ev).score()
+        only if some cell must be computed. Under a :class:`Selection`: a model not selected
+        is only made available as a transfer source, and ``train_only`` trains and scores
+        nothing."""
+        cells = ModelCells(self, d, seed, ev)
+        if not self.selection.wants(d.label, seed):
+            if d.label in self.source_labels:
+                cells.as_source()
+            return
+        if self.selection.train_only:
+            cells.train()
+            return
+        cells.score()
 
     def _source(self, label: str) -> torch.nn.Module:
         """The model a transfer attack crafts on: defense ``label``'s (of the seed being run)."""
@@ -220,6 +259,16 @@ def run(
             overrides=overrides,
             only=only,
         )
+    if bench.execution.executor == "ray":
+        if registry is not get_registry():
+            raise ConfigError(
+                "the ray executor's tasks find plugins the way `robench list` does (installed "
+                "distributions); a registry built in this process cannot travel to them",
+                field="execution.executor",
+            )
+        from robench.rayexec import run_on_ray
+
+        return run_on_ray(bench, root, device, quiet, fresh)
     n_threads = threads or bench.threads
     previous = torch.get_num_threads()
     if n_threads:
@@ -237,6 +286,8 @@ def _execute(
     device: str | None,
     quiet: bool,
     fresh: bool = False,
+    selection: Selection | None = None,
+    executor: dict[str, Any] | None = None,
 ) -> pd.DataFrame:
     src = str(bench.source) if bench.source else None
     info = check_data_and_model(bench, root, src)
@@ -268,7 +319,8 @@ def _execute(
         reporter.note(line)
     keys = CellKeys(bench.evaluation, examples_digest(ev.x, ev.y), info.bounds)
     cells = CellStore(bench.output_dir)
-    state = _Run(bench, registry, dev, info, reporter, cells, keys, sanity, train, fresh)
+    state = _Run(bench, registry, dev, info, reporter, cells, keys, sanity, train, fresh, selection)
+    prov["executor"] = executor or {"name": "local"}
     prov["models"] = state.trained.record  # filled in as the run goes
     prov["cells"] = state.record
     writer.start()  # the provenance (status "running", pid) from the start

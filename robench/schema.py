@@ -4,7 +4,7 @@ does that, and documents the file)."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
@@ -63,6 +63,38 @@ class ExecutionConfig(BaseModel):
 
     model_config = _Strict
 
+    executor: Literal["local", "ray"] = Field(
+        "local",
+        description="'local': every cell in this process, in order; 'ray': trainings and "
+        "evaluations as Ray tasks over a cluster (robench.rayexec; pip install -e '.[ray]')",
+    )
+    address: str | None = Field(
+        None,
+        description="ray: the cluster to join ('auto': the one this machine belongs to, or "
+        "HOST:PORT); unset: start a local one on this machine",
+    )
+    workers: int | None = Field(
+        None, ge=1, description="ray, local cluster: its CPUs (default: every core)"
+    )
+    train_cpus: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="ray: CPUs a training task asks for"
+    )
+    train_gpus: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="ray: GPUs a training task asks for (default: 1 where the cluster has GPUs, "
+        "else 0)",
+    )
+    eval_cpus: float = Field(
+        1.0, gt=0, allow_inf_nan=False, description="ray: CPUs an evaluation task asks for"
+    )
+    eval_gpus: float | None = Field(
+        None,
+        ge=0,
+        allow_inf_nan=False,
+        description="ray: GPUs an evaluation task asks for (default: as train_gpus)",
+    )
     cell_timeout: float | None = Field(
         None,
         gt=0,
