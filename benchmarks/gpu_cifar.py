@@ -230,11 +230,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for label in args.recipes:
         rows += recipe_rows(label, bench, train, test, info, args)
     df = pd.DataFrame(rows)
-    df["device"] = where
-    df["versions"] = provenance.versions_line(VERSIONS)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.output, index=False)
-    print(f"written to {args.output}")
+    provenance.write_measurements(df, args.output, args.device, VERSIONS)
     return df
 
 

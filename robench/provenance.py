@@ -59,6 +59,15 @@ def device_label(device: torch.device) -> str:
     return f"{dev.get('gpu', dev['cpu'])} ({device}, {dev['torch_threads']} threads)"
 
 
+def write_measurements(df: Any, output: Path, device: torch.device, names: tuple[str, ...]) -> None:
+    """A benchmark script's table, with its ``device`` and ``versions`` columns, to ``output``
+    (a CSV; folders made as needed); says where."""
+    df["device"], df["versions"] = device_label(device), versions_line(names)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(output, index=False)
+    print(f"written to {output}")
+
+
 def device_info(device: torch.device) -> dict[str, Any]:
     """The device, and what CPU numbers depend on: float reductions (convolutions, matrix
     products, sums) are split across threads, so the thread count changes results slightly."""
