@@ -27,10 +27,14 @@ locally, so with the same number of CPU threads per task (``threads`` in the fil
 task's CPU count) the numbers equal a local run's; a cell whose task failed is an error row
 saying why.
 
-**Faults.** A task whose worker process dies is retried by Ray (``max_retries``, 2); a plugin
+**Faults.** A task whose worker process dies is retried by Ray (``[execution] max_retries``,
+2); a plugin
 raising inside a task fails only its cells (recorded as errors, as locally); a task that fails
 as a whole fails its model's cells; ``[execution] cell_timeout`` and ``train_timeout`` apply in
 the tasks; Ctrl-C on the driver cancels every task still running and keeps the finished cells.
+A task's worker that dies leaves its folder behind, with the cells it had finished in the
+folder's cell store: the driver merges them into the run's store (when the task has failed for
+good, or at the start of the next run) and removes the folder, so they are not computed again.
 """
 
 from __future__ import annotations
@@ -52,8 +56,6 @@ from robench.errors import ConfigError, error_line
 
 #: the tasks' folders, under the output folder
 TASKS_DIR = ".tasks"
-#: retries of a task whose worker process died
-MAX_RETRIES = 2
 
 
 def _ray():
@@ -188,6 +190,24 @@ def _connect(ray, address: str | None, workers: int | None) -> None:
         ) from None
 
 
+def _salvage(out: Path, store, prefix: str = "") -> int:
+    """Merge the cells of task folders left behind by workers that died (their cells were
+    stored in the folder's cell store before the kill) into the run's ``store``, and remove
+    the folders; ``prefix`` (``"LABEL-seedN-"``) limits it to one model's tasks. Returns how
+    many cells it recovered."""
+    from robench.cellstore import CellStore
+
+    tasks, recovered = out / TASKS_DIR, 0
+    if not tasks.is_dir():
+        return 0
+    for folder in sorted(tasks.glob(f"{prefix}*")):
+        if (folder / "cells.sqlite").is_file():
+            with CellStore(folder) as orphan:
+                recovered += store.merge(orphan.export())
+        shutil.rmtree(folder, ignore_errors=True)
+    return recovered
+
+
 def _reachable(address: str, timeout: float = 5.0) -> None:
     """One line, at once, for a HOST:PORT nobody listens on (Ray itself retries for minutes)."""
     host, sep, port = address.removeprefix("ray://").rpartition(":")
@@ -262,7 +282,7 @@ def run_on_ray(
         device=device,
         threads=bench.threads or max(1, int(eval_req["num_cpus"])),
     )
-    remote = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(task)
+    remote = ray.remote(max_retries=ex.max_retries, retry_exceptions=False)(task)
     report = Reporter(quiet=quiet)
     sources = {a.source for a in bench.attacks if a.source}
     grid = [
@@ -293,8 +313,10 @@ def run_on_ray(
         f"{ray.cluster_resources().get('CPU', 0):g} CPUs, "
         f"{ray.cluster_resources().get('GPU', 0):g} GPUs"
     )
-    done = 0
+    done = n_cells = 0
     with CellStore(out) as store:
+        if _salvage(out, store):  # a killed earlier run's tasks
+            report.note("recovered the cells of an earlier run's unfinished tasks")
         # the cells stored by earlier runs, once in Ray's object store for every evaluation
         # task: each computes only what its model lacks (a model's cells come from its task)
         known = ray.put([] if fresh else store.export())
@@ -312,18 +334,24 @@ def run_on_ray(
                 except Exception as exc:  # the task as a whole: its model's cells fail
                     reasons[at] = f"its {kind} task failed: {error_line(exc)}"
                     result = None
+                # what the attempts whose workers died had finished (the task of this model
+                # is over: no live task writes under this prefix)
+                _salvage(out, store, f"{at[0]}-seed{at[1]}-")
                 if result is not None:
                     reasons.update(result["errors"])
                     store.merge(result["cells"])
                 done += 1
+                n_cells += len(result["cells"]) if result else 0
+                busy = ", ".join(f"{k} {a} (seed {b})" for k, (a, b) in pending.values())
                 report.note(
-                    f"[{done}/{n_tasks}] {kind} {at[0]} (seed {at[1]})"
+                    f"[{done}/{n_tasks} tasks, {n_cells} cells] {kind} {at[0]} (seed {at[1]})"
                     + (
-                        f": {len(result['cells'])} cells, {result['seconds']:.1f} s on "
+                        f": {len(result['cells'])} cells in {result['seconds']:.1f} s on "
                         f"{result['where']}"
                         if result
                         else f": {reasons[at]}"
                     )
+                    + (f"; running: {busy}" if busy else "")
                 )
                 if kind == "train":
                     trained.add(at)

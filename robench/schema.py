@@ -95,6 +95,9 @@ class ExecutionConfig(BaseModel):
         allow_inf_nan=False,
         description="ray: GPUs an evaluation task asks for (default: as train_gpus)",
     )
+    max_retries: int = Field(
+        2, ge=0, description="ray: times a task whose worker process died is run again"
+    )
     cell_timeout: float | None = Field(
         None,
         gt=0,

@@ -76,6 +76,35 @@ def test_the_ray_table_is_the_local_table(tmp_path):
     )
 
 
+def test_a_worker_killed_mid_task_loses_its_cells_and_a_rerun_completes_them(tmp_path, monkeypatch):
+    """The evaluation task's worker is killed (SIGKILL) at its second cell write (no retry):
+    the model's other cells become errors naming the failed task, the cell written before the
+    kill is kept, and a rerun without the fault gives the local table."""
+    config = _config(tmp_path / "out", executor="ray", workers=2, max_retries=0)
+    config["defenses"] = config["defenses"][:1]
+    if ray.is_initialized():
+        ray.shutdown()  # the workers of a new local cluster inherit the driver's environment
+    monkeypatch.setenv("ROBENCH_KILL_AT", "cell-write:2")
+    try:
+        broken = robench.run(config, quiet=True)
+    finally:
+        ray.shutdown()
+    monkeypatch.delenv("ROBENCH_KILL_AT")
+    assert broken.attrs["failed"] > 0
+    errors = broken.loc[broken["status"] == "error", "error"]
+    assert errors.str.contains("not computed by the executor's task: its eval task failed").all()
+    kept = broken[(broken["status"] == "ok") & (broken["attack"] != "worst-case")]
+    assert list(kept["attack"]) == ["clean"]  # written before the worker died: recovered
+
+    fixed = robench.run(config, quiet=True)
+    local = robench.run(_config(tmp_path / "local") | {"defenses": config["defenses"]}, quiet=True)
+    assert fixed.attrs["failed"] == 0
+    pd.testing.assert_frame_equal(
+        fixed.drop(columns=TIMING).reset_index(drop=True),
+        local.drop(columns=TIMING).reset_index(drop=True),
+    )
+
+
 def test_a_request_no_node_can_satisfy_is_one_line_before_anything_trains(tmp_path):
     config = _config(tmp_path / "out", executor="ray", workers=2, train_gpus=1)
     with pytest.raises(ConfigError, match=r"no node of the cluster has 1 CPUs and 1 GPUs"):
