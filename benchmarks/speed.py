@@ -760,6 +760,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+COLUMNS = [
+    "section",
+    "model",
+    "tool",
+    "what",
+    "n",
+    "eps",
+    "alpha",
+    "seconds",
+    "robust_accuracy",
+    "robust_accuracy_sd",
+    "clean_accuracy",
+    "ratio_or_speedup",
+    "speedup_vs_fast",
+    "overhead_pct",
+    "images_per_s",
+    "target",
+    "target_met",
+]
+
+
+def _table(rows: list[dict[str, Any]], args: argparse.Namespace, where: str) -> pd.DataFrame:
+    """The rows as ``results/speed.csv`` holds them, with the settings, device and versions."""
+    df = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    df["repeats"] = args.repeats
+    df["device"] = where
+    df["versions"] = provenance.versions_line(VERSIONS)
+    return df
+
+
+def _partial(rows: list[dict[str, Any]], args: argparse.Namespace, where: str) -> None:
+    """The rows so far, to ``OUTPUT.partial.csv``: a long run stopped midway keeps them."""
+    path = args.output.with_name(args.output.stem + ".partial.csv")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _table(rows, args, where).to_csv(path, index=False)
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     device = args.device
@@ -787,10 +824,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             has_ta = _has_torchattacks()
             for label, model in models.items():
                 rows += evaluation_rows(label, model, x, y, args, info.bounds, has_ta)
+                _partial(rows, args, where)
         if "autoattack" in args.sections:
             has_ta = _has_torchattacks()
             for label, model in models.items():
                 rows += autoattack_rows(label, model, x, y, args, info.bounds, has_ta)
+                _partial(rows, args, where)
         if "adapter" in args.sections:
             label, model = next(iter(models.items()))
             rows += adapter_rows(label, model, x, y, args)
@@ -799,29 +838,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if "contract" in args.sections:
         rows += contract_rows(trainer, x, y, args)
 
-    columns = [
-        "section",
-        "model",
-        "tool",
-        "what",
-        "n",
-        "eps",
-        "alpha",
-        "seconds",
-        "robust_accuracy",
-        "robust_accuracy_sd",
-        "clean_accuracy",
-        "ratio_or_speedup",
-        "speedup_vs_fast",
-        "overhead_pct",
-        "images_per_s",
-        "target",
-        "target_met",
-    ]
-    df = pd.DataFrame(rows).reindex(columns=columns)
-    df["repeats"] = args.repeats
-    df["device"] = where
-    df["versions"] = provenance.versions_line(VERSIONS)
+    df = _table(rows, args, where)
     shown = df.drop(columns=["alpha", "repeats", "device", "versions"]).round(
         {
             "seconds": 3,
@@ -841,6 +858,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     print(f"versions: {df['versions'].iloc[0] if len(df) else ''}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.output, index=False)
+    args.output.with_name(args.output.stem + ".partial.csv").unlink(missing_ok=True)
     print(f"written to {args.output}")
     return df
 
