@@ -19,9 +19,7 @@ import torch
 from robench import precision, provenance, rundir
 from robench.cellkeys import CellKeys, examples_digest
 from robench.cellstore import CellStore
-from robench.checks import (
-    sanity_attacks,
-)
+from robench.checks import sanity_attacks
 from robench.config import (
     AttackUse,
     Benchmark,
