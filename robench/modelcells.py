@@ -125,9 +125,10 @@ class ModelCells:
         clean_row = self.base.as_clean()
         reused = stored is not None
         if reused:
+            by = "an earlier run" if run.selection.compute else "the executor's tasks or earlier"
             run.report.note(
-                f"[bold]{self.name}[/]: model {self.base.model_key}, scored by an earlier run: "
-                "its stored cells are reused"
+                f"[bold]{self.name}[/]: model {self.base.model_key}, scored by {by}: its stored "
+                "cells are reused"
             )
         else:
             try:

@@ -24,6 +24,8 @@ class Reporter:
         self.total = 0
         self.done = 0
         self._trains = True
+        #: how a reused cell's line says where it came from
+        self.reused_as = "stored by an earlier run"
         self._bar: Progress | None = None
         self._task: Any = None
 
@@ -106,7 +108,7 @@ class Reporter:
                 result += f"  [yellow]({row['n_violations']} out-of-budget results projected)[/]"
         else:
             result = f"[red]failed: {row['error']}[/]"
-        took = "stored by an earlier run" if reused else f"{row['seconds']:.1f} s"
+        took = self.reused_as if reused else f"{row['seconds']:.1f} s"
         self._print(f"  [{self.done}/{self.total}] {what}: {result}  ({took})")
 
     def flags(self, defense: str, flags: list[str]) -> None:

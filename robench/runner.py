@@ -292,6 +292,8 @@ def _execute(
     dev = resolve_device(device)
     precision.warn_if_slow(bench.evaluation.precision, dev, "[evaluation]")
     reporter = Reporter(quiet=quiet)
+    if selection is not None and not selection.compute:  # an executor's tasks computed them
+        reporter.reused_as = "from the cell store"
     t0 = time.perf_counter()
 
     dataset = bench.dataset.instantiate()
