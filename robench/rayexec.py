@@ -53,6 +53,7 @@ import pandas as pd
 
 from robench.config import Benchmark, load_benchmark
 from robench.errors import ConfigError, error_line
+from robench.store import MODELS_DIR
 
 #: the tasks' folders, under the output folder
 TASKS_DIR = ".tasks"
@@ -99,11 +100,11 @@ class Job:
 @contextlib.contextmanager
 def _task_dir(job: Job, label: str, seed: int):
     """A folder of the task's own, whose ``models`` is the run's shared model store."""
-    out = Path(job.out_dir)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    folder = out / TASKS_DIR / f"{label}-seed{seed}-{uuid.uuid4().hex[:8]}"
+    shared = Path(job.out_dir) / MODELS_DIR
+    shared.mkdir(parents=True, exist_ok=True)
+    folder = Path(job.out_dir) / TASKS_DIR / f"{label}-seed{seed}-{uuid.uuid4().hex[:8]}"
     folder.mkdir(parents=True)
-    (folder / "models").symlink_to((out / "models").resolve(), target_is_directory=True)
+    (folder / MODELS_DIR).symlink_to(shared.resolve(), target_is_directory=True)
     try:
         yield folder
     finally:
@@ -138,7 +139,7 @@ def task(
     t0 = time.perf_counter()
     torch.set_num_threads(job.threads)
     with _task_dir(job, label, seed) as folder:
-        bench = load_benchmark_in(job, folder)
+        bench = job.benchmark(folder)
         with CellStore(folder) as store:
             store.merge(cells)
             known = {row[0] for row in cells}
@@ -157,17 +158,11 @@ def task(
         with CellStore(folder) as store:
             computed = [row for row in store.export() if row[0] not in known]
     return {
-        "label": label,
-        "seed": seed,
         "cells": computed,
         "errors": _errors(df),
         "seconds": time.perf_counter() - t0,
         "where": f"{os.uname().nodename}:{os.getpid()}",
     }
-
-
-def load_benchmark_in(job: Job, folder: Path) -> Benchmark:
-    return job.benchmark(folder)
 
 
 def _connect(ray, address: str | None, workers: int | None) -> None:
@@ -263,7 +258,7 @@ def run_on_ray(
     from robench.cellstore import CellStore
     from robench.progress import Reporter
     from robench.registry import get_registry
-    from robench.runner import Selection, _execute
+    from robench.runner import Selection, _execute, model_grid, transfer_sources
 
     ray = _ray()
     ex = bench.execution
@@ -284,13 +279,8 @@ def run_on_ray(
     )
     remote = ray.remote(max_retries=ex.max_retries, retry_exceptions=False)(task)
     report = Reporter(quiet=quiet)
-    sources = {a.source for a in bench.attacks if a.source}
-    grid = [
-        (d, seed)
-        for seed in dict.fromkeys(s for d in bench.defenses for s in d.seeds)
-        for d in sorted(bench.defenses, key=lambda d: d.label not in sources)
-        if seed in d.seeds
-    ]
+    sources = transfer_sources(bench)
+    grid = model_grid(bench)
     reasons: dict[tuple, str] = {}
     trained: set[tuple[str, int]] = set()
     pending: dict[Any, tuple[str, tuple[str, int]]] = {}

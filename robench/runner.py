@@ -85,6 +85,20 @@ def _stop_signals_interrupt() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def transfer_sources(bench: Benchmark) -> set[str]:
+    """The labels of the defenses that the benchmark's transfer attacks craft on."""
+    return {a.source for a in bench.attacks if a.source}
+
+
+def model_grid(bench: Benchmark) -> list[tuple[DefenseUse, int]]:
+    """Every model of the run, ``(defense, training seed)``, in the order it is run: seed by
+    seed; within a seed, the defenses that transfer attacks craft on first."""
+    sources = transfer_sources(bench)
+    order = sorted(bench.defenses, key=lambda d: d.label not in sources)
+    seeds = dict.fromkeys(s for d in bench.defenses for s in d.seeds)
+    return [(d, seed) for seed in seeds for d in order if seed in d.seeds]
+
+
 @dataclass(frozen=True)
 class Selection:
     """The part of a run one process does, for an executor that spreads the grid over workers
@@ -139,7 +153,7 @@ class _Run:
         self.outcomes: list[tuple[tuple[str, int, str, str, float], np.ndarray]] = []
         #: the defenses that transfer attacks craft on, by label, and their models of the seed
         #: being run (each loaded only when a transfer cell must be computed)
-        self.source_labels = {a.source for a in bench.attacks if a.source}
+        self.source_labels = transfer_sources(bench)
         self.sources: dict[str, ModelCells] = {}
         #: the sanity attacks run on every defense besides the benchmark's own (robench.checks)
         self.sanity = sanity
@@ -326,15 +340,10 @@ def _execute(
     writer.start()  # the provenance (status "running", pid) from the start
     finished = False
     stopped: BaseException | None = None
-    # seed by seed; within a seed, the defenses that transfer attacks craft on come first
-    order = sorted(bench.defenses, key=lambda d: d.label not in state.source_labels)
-    seeds = list(dict.fromkeys(s for d in bench.defenses for s in d.seeds))
     try:
         with _stop_signals_interrupt():
-            for seed in seeds:
-                for d in order:
-                    if seed in d.seeds:
-                        state.defense(d, seed, ev)
+            for d, seed in model_grid(bench):
+                state.defense(d, seed, ev)
         finished = True
     except BaseException as exc:
         stopped = exc
