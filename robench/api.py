@@ -7,7 +7,7 @@ as ``robench run`` scores a defense (:class:`AttackOutcome`: one attack at one b
 """
 
 from robench.attack import Attack, Crafted, attack_mode, craft
-from robench.dataset import Data, Dataset, DatasetInfo
+from robench.dataset import Data, Dataset, DatasetInfo, SplitData
 from robench.defense import Defense, TrainContext
 from robench.errors import ConfigError, ContractError, PluginError, error_line
 from robench.evaluation import Evaluation, evaluate
@@ -16,6 +16,7 @@ from robench.plugin import NoParams, Params, Plugin, benchmark_path
 from robench.precision import Precision, full_precision, gradient_autocast, reduced
 from robench.scoring import AttackOutcome
 from robench.specs import AttackSpec, Epsilon, NormName
+from robench.streamed import StreamedData
 from robench.threat import ThreatModel
 from robench.training import TrainingConfig, train_loop
 
@@ -40,6 +41,8 @@ __all__ = [
     "Plugin",
     "PluginError",
     "Precision",
+    "SplitData",
+    "StreamedData",
     "ThreatModel",
     "TrainContext",
     "TrainingConfig",

@@ -23,9 +23,11 @@ from torch import nn
 from robench.cellstore import evaluation_cell
 from robench.scoring import MAIN, MISCLASSIFIED
 from robench.store import cell_key
+from robench.streamed import StreamedData
 
 if TYPE_CHECKING:  # pragma: no cover
     from robench.config import AttackUse, PluginUse
+    from robench.dataset import SplitData
     from robench.schema import EvaluationConfig
     from robench.scoring import Cell, Plan
 
@@ -68,6 +70,14 @@ def loaded_model_key(defense: PluginUse, model: PluginUse, module: nn.Module) ->
 def examples_digest(x: torch.Tensor, y: torch.Tensor) -> str:
     """SHA-256 of examples (the evaluation set, a training split), by value."""
     return _digest([("x", x), ("y", y)])
+
+
+def split_digest(data: SplitData) -> str:
+    """What identifies a split's content: :func:`examples_digest` of one in memory, the digest
+    a streamed one carries (its files' names, labels and decoding settings)."""
+    if isinstance(data, StreamedData):
+        return data.digest
+    return examples_digest(data.x, data.y)
 
 
 class CellKeys:

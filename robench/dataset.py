@@ -1,16 +1,20 @@
-"""The dataset contract: train and test splits as float images in [0, 1] plus labels."""
+"""The dataset contract: train and test splits as float images in [0, 1] plus labels, held in
+memory (:class:`Data`) or read from disk as they are used (:class:`~robench.streamed.StreamedData`).
+"""
 
 from __future__ import annotations
 
 import os
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, TypeAlias
 
 import torch
 
 from robench.plugin import Plugin
+from robench.streamed import StreamedData
 
 Split = Literal["train", "test"]
 
@@ -52,6 +56,20 @@ class Data:
     def __len__(self) -> int:
         return len(self.y)
 
+    def subset(self, indices: torch.Tensor | Sequence[int]) -> Data:
+        """The examples at ``indices``."""
+        idx = torch.as_tensor(indices, dtype=torch.int64)
+        return Data(self.x[idx], self.y[idx])
+
+    def take(self, indices: torch.Tensor | Sequence[int] | None = None) -> Data:
+        """The examples at ``indices`` (all: None) in memory: :meth:`subset`, as for a
+        :class:`~robench.streamed.StreamedData` split."""
+        return self if indices is None else self.subset(indices)
+
+
+#: what :meth:`Dataset.load` returns: a split in memory or streamed from disk
+SplitData: TypeAlias = Data | StreamedData
+
 
 class Dataset(Plugin):
     """Base class of dataset plugins. Subclasses implement :meth:`info` and :meth:`load`."""
@@ -63,8 +81,11 @@ class Dataset(Plugin):
         """Describe the data (cheaply: without loading every example if possible)."""
 
     @abstractmethod
-    def load(self, split: Split, root: Path) -> Data:
-        """Load one split. ``root`` is the data root (``--data-root`` / ``ROBENCH_DATA``)."""
+    def load(self, split: Split, root: Path) -> SplitData:
+        """Load one split. ``root`` is the data root (``--data-root`` / ``ROBENCH_DATA``).
+
+        Return a :class:`Data` (in memory) or, for data that need not or cannot be held in
+        memory, a :class:`~robench.streamed.StreamedData` (read from disk as it is used)."""
 
     def check(self, root: Path) -> None:
         """Raise :class:`~robench.errors.ConfigError` if the data cannot be read from ``root``.

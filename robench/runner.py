@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from robench import precision, provenance, rundir
-from robench.cellkeys import CellKeys, examples_digest
+from robench.cellkeys import CellKeys, examples_digest, split_digest
 from robench.cellstore import CellStore
 from robench.checks import sanity_attacks
 from robench.config import (
@@ -28,7 +28,7 @@ from robench.config import (
     default_data_root,
     load_benchmark,
 )
-from robench.dataset import Data, DatasetInfo
+from robench.dataset import Data, DatasetInfo, SplitData
 from robench.errors import ConfigError, error_line
 from robench.modelcells import ModelCells
 from robench.outcomes import OutcomeWriter
@@ -139,7 +139,7 @@ class _Run:
         cells: CellStore,
         keys: CellKeys,
         sanity: list[AttackUse],
-        train: Data,
+        train: SplitData,
         fresh: bool = False,
         selection: Selection | None = None,
     ) -> None:
@@ -169,7 +169,7 @@ class _Run:
             reporter,
             self.make_attack,
             fresh,
-            train_digest=examples_digest(train.x, train.y),
+            train_digest=split_digest(train),
         )
 
     def make_attack(self, spec: AttackSpec):
@@ -317,7 +317,12 @@ def _execute(
     except ConfigError as exc:
         raise ConfigError(exc.detail, field=exc.field or "dataset", source=src) from None
     ev_index = eval_indices(len(test), bench.evaluation.n_examples, bench.seed)
-    ev = Data(test.x[ev_index], test.y[ev_index])
+    try:
+        ev = test.take(ev_index)  # a streamed split: only the evaluation subset is read
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"reading the evaluation examples: {exc}", field="dataset", source=src
+        ) from None
     sanity = sanity_attacks(bench, registry, info) if bench.evaluation.sanity else []
     prov = provenance.run_record(bench, registry, info, root, dev, len(train), len(ev), sanity)
     prov |= rundir.owner()

@@ -42,11 +42,12 @@ from pydantic import (
 from torch import nn
 
 from robench import faults, precision
-from robench.dataset import Data
+from robench.dataset import Data, SplitData
 from robench.heldout import BestCheckpoint, BestEpoch, held_out_accuracy, split_held_out
 from robench.model import model_device_dtype
 from robench.precision import Precision
 from robench.schedules import lr_factor, make_scheduler
+from robench.streamed import StreamedData, batches
 
 __all__ = [
     "LossFn",
@@ -355,9 +356,14 @@ class DeviceImages:
 
     def as_input(self, xb: torch.Tensor) -> torch.Tensor:
         """A stored-format batch as the model's input."""
-        if self.is_uint8:
-            return xb.to(dtype=self.dtype, memory_format=self.memory_format).div_(255)
-        return xb.to(memory_format=self.memory_format)
+        return as_input(xb, self.dtype, self.memory_format)
+
+
+def as_input(xb: torch.Tensor, dtype: torch.dtype, memory_format: torch.memory_format):
+    """A batch of images as a model's input: ``dtype`` (uint8 as ``x / 255``), ``memory_format``."""
+    if xb.dtype == torch.uint8:
+        return xb.to(dtype=dtype, memory_format=memory_format).div_(255)
+    return xb.to(dtype=dtype, memory_format=memory_format)
 
 
 def _rng_devices(device: torch.device) -> list[int]:
@@ -400,7 +406,7 @@ def _compile(model: nn.Module, warm_up: Callable[[nn.Module], None], device: tor
 
 def train_loop(
     model: nn.Module,
-    data: Data,
+    data: SplitData,
     cfg: TrainingConfig,
     loss_fn: LossFn,
     *,
@@ -412,10 +418,14 @@ def train_loop(
 ) -> nn.Module:
     """Train ``model`` in place on ``data`` with ``loss_fn(model, x, y)``; return it in eval mode.
 
-    The training set moves to ``device`` once (uint8 when it is 8-bit, see
-    :class:`DeviceImages`); the subset of ``train_examples`` is drawn on the CPU from a
-    generator seeded with ``seed``, the shuffles and the augmentation on the device from a
-    device generator seeded with ``seed`` (on the CPU that is the same generator). The loop
+    An in-memory training set moves to ``device`` once (uint8 when it is 8-bit, see
+    :class:`DeviceImages`); a streamed one (:class:`robench.streamed.StreamedData`) is read
+    through a DataLoader with its workers, each epoch in an order drawn from the CPU generator,
+    and its batches move to the device as they come (the held-out examples of
+    ``best_checkpoint`` are loaded into memory). The subset of ``train_examples`` is drawn on
+    the CPU from a generator seeded with ``seed``, the in-memory shuffles and the augmentation
+    on the device from a device generator seeded with ``seed`` (on the CPU that is the same
+    generator). The loop
     does not synchronise with the device between steps: the running loss stays there until an
     epoch ends. ``loss_fn`` runs under the configured precision (the inner attack of an
     adversarial defense included) and gets the compiled model when ``compile`` is set; the
@@ -442,16 +452,14 @@ def train_loop(
         checkpoints = None
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
-    x, y = data.x, data.y
-    if cfg.train_examples is not None and cfg.train_examples < len(y):
-        keep = torch.randperm(len(y), generator=gen)[: cfg.train_examples]
-        x, y = x[keep], y[keep]
+    if cfg.train_examples is not None and cfg.train_examples < len(data):
+        data = data.subset(torch.randperm(len(data), generator=gen)[: cfg.train_examples])
     best: BestEpoch | None = None
-    held: tuple[torch.Tensor, torch.Tensor] = (x[:0], y[:0])
+    held: Data | None = None
     if cfg.best_checkpoint is not None:
-        train_idx, held_idx = split_held_out(len(y), cfg.best_checkpoint.held_out, gen)
-        held = (x[held_idx], y[held_idx])
-        x, y = x[train_idx], y[train_idx]
+        train_idx, held_idx = split_held_out(len(data), cfg.best_checkpoint.held_out, gen)
+        held = data.take(held_idx)
+        data = data.subset(train_idx)
         best = BestEpoch(cfg.best_checkpoint)
         if checkpoints is not None:
             checkpoints.track("robench.best_epoch", best)
@@ -459,9 +467,14 @@ def train_loop(
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    _, dtype = model_device_dtype(model, x)
-    images = DeviceImages(x, device, dtype, cfg.channels_last)
-    y = y.to(device)
+    _, dtype = model_device_dtype(model, torch.empty(0))
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    streamed = isinstance(data, StreamedData)
+    if isinstance(data, StreamedData):
+        loader, sampler = data.loader(cfg.batch_size, pin_memory=device.type == "cuda")
+    else:
+        images = DeviceImages(data.x, device, dtype, cfg.channels_last)
+    y = data.y.to(device)
     n = len(y)
     use_bf16 = cfg.precision == "bf16"
     precision.warn_if_slow(cfg.precision, device, "[training]")
@@ -481,7 +494,8 @@ def train_loop(
         def warm_up(compiled: nn.Module) -> None:
             for size in sizes:
                 idx = torch.arange(size, device=device)
-                xb = images.as_input(images.take(idx))
+                xb = data.take(range(size)).x.to(device) if streamed else images.take(idx)
+                xb = as_input(xb, dtype, memory_format)
                 batch_loss(compiled, xb, y.index_select(0, idx)).backward()
 
         net = _compile(model, warm_up, device)
@@ -495,29 +509,35 @@ def train_loop(
         start, losses, prior_seconds = checkpoints.resume(
             model, opt, sched, generators, device, cfg.epochs
         )
-    held_images = None
-    if best is not None:
-        held_images = DeviceImages(held[0], device, dtype, cfg.channels_last)
-    held_y = held[1].to(device)
+    if held is not None:
+        held_images = DeviceImages(held.x, device, dtype, cfg.channels_last)
+        held_y = held.y.to(device)
 
     def held_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        assert held_images is not None
         for i in range(0, len(held_y), cfg.batch_size):
             idx = torch.arange(i, min(i + cfg.batch_size, len(held_y)), device=device)
             yield held_images.as_input(held_images.take(idx)), held_y.index_select(0, idx)
 
+    def epoch_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch's batches, shuffled, in their stored format (uint8 or ``dtype``)."""
+        if streamed:  # the order from the CPU generator; the workers decode, the device waits
+            sampler.order = torch.randperm(n, generator=gen).tolist()
+            for xb, yb in batches(loader):
+                yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+            return
+        order = torch.randperm(n, generator=dev_gen, device=device)
+        for i in range(per_epoch):
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            yield images.take(idx), y.index_select(0, idx)
+
     for epoch in range(start, cfg.epochs):
         if best is not None and best.exhausted(epoch):
             break  # patience: no better epoch for that long (also when resumed there)
-        order = torch.randperm(n, generator=dev_gen, device=device)
         running, seen = torch.zeros((), device=device), 0
-        for i in range(per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            xb = images.take(idx)
+        for xb, yb in epoch_batches():
             if cfg.augment == "crop-flip":
                 xb = crop_flip(xb, dev_gen)
-            yb = y.index_select(0, idx)
-            loss = batch_loss(net, images.as_input(xb), yb)
+            loss = batch_loss(net, as_input(xb, dtype, memory_format), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

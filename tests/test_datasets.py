@@ -277,5 +277,5 @@ def test_builtin_datasets_are_registered_with_names_and_descriptions():
 
     found: list[type] = []
     robench_register_datasets(found.append)
-    assert {cls.name for cls in found} == {"digits", "mnist", "cifar10", "npz"}
+    assert {cls.name for cls in found} == {"digits", "mnist", "cifar10", "npz", "imagefolder"}
     assert all(cls.description() for cls in found)
