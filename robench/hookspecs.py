@@ -19,7 +19,9 @@ Installed plugins are found through the ``robench`` entry-point group
 across all plugins: on a clash the later plugin is left out and reported in one line naming
 both (as is a plugin whose import or hooks raise: it fails alone, the others keep working).
 Hooks are always called with keyword arguments, so new arguments may be added to a spec
-without breaking implementations that take fewer.
+without breaking implementations that take fewer. robench calls each plugin's hooks through
+pluggy, one plugin at a time (a ``wrapper=True`` or ``hookwrapper=True`` implementation wraps
+that plugin's own implementations of the hook).
 """
 
 from __future__ import annotations
@@ -61,6 +63,16 @@ def robench_register_models(register: Callable[[type[Model]], None]) -> None:
     A model plugin builds a ``torch.nn.Module`` for a dataset's input shape and number of
     classes. The module takes images in [0, 1] and returns logits; any input normalisation
     lives inside it.
+    """
+
+
+@hookspec
+def robench_register_exclusions(exclude: Callable[[str, str, str], None]) -> None:
+    """Say which names a plugin deliberately does not provide, and why.
+
+    Call ``exclude(kind, name, reason)`` for each, e.g. ``exclude("attack", "art.PixelAttack",
+    "an L0 attack: no L∞ or L2 threat model")``: a benchmark that asks for the name gets the
+    reason instead of a bare "unknown attack", and ``robench list --excluded`` lists them all.
     """
 
 

@@ -49,6 +49,7 @@ _BASES: dict[Kind, tuple[str, str]] = {
 }
 #: The modules holding the built-in plugins.
 BUILTINS = ("robench.datasets", "robench.models", "robench.defenses", "robench.attacks")
+_EXCLUSIONS = "robench_register_exclusions"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
 
@@ -68,15 +69,38 @@ class Entry:
         return self.cls.description()
 
 
+@dataclass(frozen=True)
+class Exclusion:
+    """A name a plugin deliberately does not provide, and why (``robench_register_exclusions``)."""
+
+    kind: Kind
+    name: str
+    reason: str
+    plugin: str
+    distribution: str
+    version: str
+
+    @property
+    def source(self) -> str:
+        return _describe(self.plugin, self.distribution, self.version)
+
+
 class Registry:
     """The registered plugins, by kind and name. Build it with :func:`get_registry`."""
 
-    def __init__(self, entries: Iterable[Entry], failures: Iterable[PluginFailure] = ()) -> None:
+    def __init__(
+        self,
+        entries: Iterable[Entry],
+        failures: Iterable[PluginFailure] = (),
+        excluded: Iterable[Exclusion] = (),
+    ) -> None:
         self._by_kind: dict[Kind, dict[str, Entry]] = {k: {} for k in KINDS}
         for e in entries:
             self._by_kind[e.kind][e.name] = e
         #: the plugins that failed to load and contribute nothing, in loading order
         self.failures: list[PluginFailure] = list(failures)
+        #: the names plugins exclude, with their reasons, by ``(kind, name)``
+        self.excluded: dict[tuple[Kind, str], Exclusion] = {(x.kind, x.name): x for x in excluded}
 
     def names(self, kind: Kind) -> list[str]:
         return sorted(self._by_kind[kind])
@@ -91,6 +115,11 @@ class Registry:
         try:
             return self._by_kind[kind][name]
         except KeyError:
+            excluded = self.excluded.get((kind, name))
+            if excluded is not None:
+                raise ConfigError(
+                    f"{kind} {name!r} is excluded by {excluded.source}: {excluded.reason}"
+                ) from None
             message = unknown_name_message(kind, name, self.names(kind))
             for f in self.failures:
                 message += (
@@ -211,7 +240,7 @@ class _Loader:
             mine = [i for i in caller.get_hookimpls() if i.plugin is obj]
             if not caller.has_spec() and not all(i.optionalhook for i in mine):
                 self.pm.unregister(obj)
-                known = sorted(_HOOKS.values())
+                known = sorted([*_HOOKS.values(), _EXCLUSIONS])
                 raise PluginError(
                     f"unknown hook {caller.name!r}{did_you_mean(caller.name, known)} "
                     f"(known hooks: {', '.join(known)})"
@@ -249,36 +278,58 @@ class _Loader:
         for kind, (module, attr) in _BASES.items():
             bases[kind] = getattr(importlib.import_module(module), attr)
         entries: dict[tuple[Kind, str], Entry] = {}
+        excluded: list[Exclusion] = []
         for p in self.loaded:
             staged: dict[tuple[Kind, str], Entry] = {}
+            staged_out: list[Exclusion] = []
             try:
-                self._call_hooks(p, bases, entries, staged)
+                self._call_hooks(p, bases, entries, staged, staged_out)
             except Exception as exc:
                 self.fail(p.name, p.distribution, p.version, exc, p.builtin)
                 continue
             entries.update(staged)
-        return Registry(entries.values(), self.failures)
+            excluded += staged_out
+        return Registry(entries.values(), self.failures, excluded)
 
-    def _call_hooks(self, p: _Loaded, bases: dict, entries: dict, staged: dict) -> None:
-        """Call ``p``'s registration hooks, collecting what it registers into ``staged``."""
+    def _call_hooks(
+        self, p: _Loaded, bases: dict, entries: dict, staged: dict, excluded: list[Exclusion]
+    ) -> None:
+        """Call ``p``'s registration hooks through pluggy (its own implementations only, so
+        wrappers work), collecting what it registers into ``staged`` and ``excluded``."""
         open_ = True  # a plugin that keeps ``register`` and calls it later gets an error
+        who = _describe(p.name, p.distribution, p.version)
+        others = [q.obj for q in self.loaded if q.obj is not p.obj]
+
+        def still_open() -> None:
+            if not open_:
+                raise PluginError(f"{who} called register after its hook returned")
+
+        def exclude(kind: Any, name: Any, reason: Any) -> None:
+            still_open()
+            if kind not in KINDS or not isinstance(name, str) or not _NAME.match(name):
+                raise PluginError(
+                    f"it excluded {kind!r} {name!r}: expected a kind among {', '.join(KINDS)} "
+                    "and a valid name"
+                )
+            if not isinstance(reason, str) or not reason.strip():
+                raise PluginError(f"it excluded {kind} {name!r} without a reason")
+            excluded.append(Exclusion(kind, name, reason.strip(), *_where(p)))
+
         try:
             for kind, hook_name in _HOOKS.items():
-                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-                    if impl.plugin is not p.obj:
-                        continue
 
-                    def register(cls: Any, *, _kind: Kind = kind) -> None:
-                        if not open_:
-                            raise PluginError(
-                                f"{_describe(p.name, p.distribution, p.version)} called "
-                                "register after its hook returned"
-                            )
-                        _add(entries, staged, _kind, bases[_kind], cls, p)
+                def register(cls: Any, *, _kind: Kind = kind) -> None:
+                    still_open()
+                    _add(entries, staged, _kind, bases[_kind], cls, p)
 
-                    impl.function(**{arg: register for arg in impl.argnames})
+                self.pm.subset_hook_caller(hook_name, others)(register=register)
+            self.pm.subset_hook_caller(_EXCLUSIONS, others)(exclude=exclude)
         finally:
             open_ = False
+
+
+def _where(p: _Loaded) -> tuple[str, str, str]:
+    return p.name, p.distribution, p.version
 
 
 def _env_list(var: str) -> list[str]:

@@ -290,7 +290,7 @@ def _expected_lines(label: str, hint: str = "; --debug shows the traceback") -> 
 
     known = (
         "robench_register_attacks, robench_register_datasets, robench_register_defenses, "
-        "robench_register_models"
+        "robench_register_exclusions, robench_register_models"
     )
     return [
         line("brokenimport", "ModuleNotFoundError: No module named 'robench_no_such_module_xyz'"),

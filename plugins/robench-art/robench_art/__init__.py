@@ -31,6 +31,15 @@ def robench_register_attacks(register):
 
 
 @robench.hookimpl
+def robench_register_exclusions(exclude):
+    """The ART classes left out, with the reason: ``art.PixelAttack`` answers why."""
+    for name, reason in EXCLUDED.items():
+        exclude("attack", f"art.{name}", reason)
+    for name, reason in EXCLUDED_DEFENCES.items():
+        exclude("defense", f"art.{name}", reason)
+
+
+@robench.hookimpl
 def robench_register_defenses(register):
     from robench_art.defenses import defense_classes
 

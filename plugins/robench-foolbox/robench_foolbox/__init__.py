@@ -23,4 +23,18 @@ def robench_register_attacks(register):
         register(cls)
 
 
-__all__ = ["ATTACKS", "EXCLUDED", "SKIPPED", "FoolboxAttack", "robench_register_attacks"]
+@robench.hookimpl
+def robench_register_exclusions(exclude):
+    """The Foolbox attacks left out, with the reason: ``foolbox.EADAttack`` answers why."""
+    for name, reason in {**EXCLUDED, **SKIPPED}.items():
+        exclude("attack", f"foolbox.{name}", reason)
+
+
+__all__ = [
+    "ATTACKS",
+    "EXCLUDED",
+    "SKIPPED",
+    "FoolboxAttack",
+    "robench_register_attacks",
+    "robench_register_exclusions",
+]
