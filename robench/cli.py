@@ -44,11 +44,15 @@ def _report_failures(registry, label: str, mentioned: str = "") -> None:
 def _registry_or_exit(for_benchmarks: bool = False):
     """The registry of this process (for ``run``/``validate``: the one
     :func:`robench.config.load_benchmark` resolves names in, looked up there at call time)."""
-    from robench import config, registry
+    from robench import registry
     from robench.errors import PluginError
 
     try:
-        return config.get_registry() if for_benchmarks else registry.get_registry()
+        if for_benchmarks:  # robench.config imports torch: not for ``list``
+            from robench import config
+
+            return config.get_registry()
+        return registry.get_registry()
     except PluginError as exc:  # not raised for plugin failures; kept for safety
         raise _config_error(exc) from None
 
@@ -149,6 +153,12 @@ def _only(f):
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option(
+    "--no-report",
+    is_flag=True,
+    help="Do not write report.html (and figures/) beside the results (robench report does "
+    "it later).",
+)
+@click.option(
     "--fresh",
     is_flag=True,
     help="Train and score everything again instead of reusing the models and cells stored "
@@ -165,6 +175,7 @@ def run(
     cell_timeout: float | None,
     train_timeout: float | None,
     quiet: bool,
+    no_report: bool,
     fresh: bool,
     overrides: tuple[str, ...],
     only_defenses: str | None,
@@ -175,7 +186,8 @@ def run(
     Every finished cell is stored under the output folder (cells.sqlite) and every trained model
     (models/<key>.safetensors): running it again, or after adding an attack, computes only what
     is not stored, and a run killed at any moment goes on where it stopped (a training from its
-    last finished epoch). --fresh computes everything again.
+    last finished epoch). --fresh computes everything again. The run's report, report.html
+    with its figures in figures/, is written beside the results (--no-report: not).
 
     Exit status: 0 all cells succeeded, 1 some cell failed (recorded in its row),
     2 invalid benchmark, 128 + N stopped by signal N (130: Ctrl-C, 143: SIGTERM).
@@ -235,6 +247,8 @@ def run(
         )
         sys.exit(128 + signal.Signals[name].value)
     _print_table(df)
+    if not no_report:
+        _write_run_report(bench.output_dir, quiet)
     if df.attrs.get("failed"):
         click.echo(f"{df.attrs['failed']} cell(s) failed; see the 'error' column.", err=True)
         sys.exit(EXIT_FAILED_CELLS)
@@ -244,6 +258,24 @@ def _print_table(df) -> None:
     from robench.leaderboard import summary_table
 
     click.echo(summary_table(df))
+
+
+def _write_run_report(folder: Path, quiet: bool) -> None:
+    """The report of the run just finished; a failure is a warning, never the run's."""
+    from robench.errors import error_line
+    from robench.report import write_report
+
+    try:
+        report = write_report(folder)
+    except Exception as exc:
+        if _debug():
+            import traceback
+
+            click.echo("".join(traceback.format_exception(exc)).rstrip(), err=True)
+        click.echo(f"Warning: report not written: {error_line(exc)}", err=True)
+        return
+    if not quiet:
+        click.echo(f"report: {report.html} ({report.size / 1024:.0f} KiB)", err=True)
 
 
 @main.command()
@@ -284,27 +316,6 @@ def validate(
     )
 
 
-def _param_docs(cls) -> list[dict[str, object]]:
-    """Each parameter of a plugin class: name, type, default (None if required), description."""
-    from pydantic_core import PydanticUndefined
-
-    out = []
-    for name, f in cls.Params.model_fields.items():
-        required = f.default is PydanticUndefined and f.default_factory is None
-        ann = f.annotation
-        annotation = ann.__name__ if isinstance(ann, type) else str(ann)
-        out.append(
-            {
-                "name": name,
-                "type": annotation.replace("typing.", ""),
-                "required": required,
-                "default": None if required or f.default is PydanticUndefined else f.default,
-                "description": f.description or "",
-            }
-        )
-    return out
-
-
 @main.command(name="list")
 @click.argument("patterns", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -323,7 +334,7 @@ def list_(patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str
     import fnmatch
 
     registry = _registry_or_exit()
-    entries = registry.entries(kind)  # type: ignore[arg-type]
+    entries = registry.listings(kind)  # type: ignore[arg-type]
     if patterns:
         entries = [e for e in entries if any(fnmatch.fnmatchcase(e.name, p) for p in patterns)]
         if not entries:
@@ -338,7 +349,7 @@ def list_(patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str
                 "distribution": e.distribution,
                 "version": e.version,
                 "description": e.description,
-                "params": _param_docs(e.cls),
+                "params": e.params,
             }
             for e in entries
         ]
@@ -387,11 +398,21 @@ def _list_lines(entries, with_params: bool, width: int) -> list[str]:
                     _fit(head + e.description, width).rstrip() if e.description else head.rstrip()
                 )
                 if with_params:
-                    for p in _param_docs(e.cls):
+                    for p in e.params:
                         default = "required" if p["required"] else f"default {p['default']!r}"
                         text = f"        {p['name']}: {p['type']}, {default}  {p['description']}"
                         lines.append(_fit(text.rstrip(), width))
     return lines
+
+
+_flagged = click.option(
+    "--flagged",
+    default="last",
+    show_default=True,
+    metavar="last|hide|keep",
+    help="Flagged defenses (a trust check failed): ranked after the unflagged ones (last), "
+    "left out (hide), or ranked by their numbers alone (keep).",
+)
 
 
 @main.command()
@@ -404,23 +425,33 @@ def _list_lines(entries, with_params: bool, width: int) -> list[str]:
 )
 @click.option("--norm", type=click.Choice(["linf", "l2"]), help="Norm of the ranking budget.")
 @click.option("--eps", type=float, help="Rank at this ε (default: the largest ε present).")
+@_flagged
 def leaderboard(
-    results: tuple[Path, ...], output: Path | None, norm: str | None, eps: float | None
+    results: tuple[Path, ...],
+    output: Path | None,
+    norm: str | None,
+    eps: float | None,
+    flagged: str,
 ) -> None:
     """Rank the defenses in RESULTS (results.csv files or folders holding one).
 
     One row per defense, ranked by worst-case robust accuracy (the per-example minimum over
     every attack) at the ranking budget, with its 95 % interval, clean accuracy, each budget
-    and the defense's trust-check flags beside it. -o writes CSV, or markdown for a .md file.
+    and the defense's trust-check flags beside it. A flagged defense (a trust check failed,
+    marked ⚑) is ranked after every unflagged one (--flagged last), left out (hide) or ranked
+    by its numbers alone (keep). -o writes CSV, or markdown for a .md file.
     """
-    from robench.leaderboard import build_leaderboard, load_results, to_markdown
+    from robench.leaderboard import build_leaderboard, load_results, marked, to_markdown
 
     try:
         frames = [load_results(p) for p in results]
-        board = build_leaderboard(frames, norm=norm, eps=eps)
+        board = build_leaderboard(frames, norm=norm, eps=eps, flagged=flagged)
     except ValueError as exc:
         raise _config_error(exc) from None
-    click.echo(board.to_string(index=False))
+    click.echo(marked(board).to_string(index=False))
+    if board.attrs.get("hidden"):
+        hidden = ", ".join(board.attrs["hidden"])
+        click.echo(f"hidden (flagged; --flagged last shows them): {hidden}", err=True)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
         if output.suffix.lower() == ".md":
@@ -428,6 +459,61 @@ def leaderboard(
         else:
             board.to_csv(output, index=False)
         click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The HTML file (default: RUN/report.html; PREFIX-report.html beside a "
+    "PREFIX-results.csv).",
+)
+@click.option(
+    "--figures",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the figures go as PNG and SVG (default: figures/ beside the report; "
+    "PREFIX-figures/ for PREFIX-report.html).",
+)
+@_flagged
+@click.option("--norm", type=click.Choice(["linf", "l2"]), help="Norm of the ranking budget.")
+@click.option(
+    "--eps",
+    type=float,
+    help="Rank, and show adversarial examples, at this ε (default: the largest ε present).",
+)
+def report(
+    run_dir: Path,
+    output: Path | None,
+    figures: Path | None,
+    flagged: str,
+    norm: str | None,
+    eps: float | None,
+) -> None:
+    """Write the report of RUN (a run's output folder, or a results CSV): one self-contained
+    HTML page, with its figures as PNG and SVG files beside it.
+
+    The page: the leaderboard with intervals and flags, the trust checks' reasons, robustness
+    curves (worst case against ε with its 95 % interval; per attack), an attack × defense
+    heatmap per budget, adversarial examples of a few fixed evaluation examples under each
+    defense's strongest attack with its predictions, training-loss curves, every result, and
+    the provenance. It needs no network access to view.
+    """
+    from robench.leaderboard import check_flagged
+    from robench.report import ReportError, write_report
+
+    try:
+        check_flagged(flagged)
+        written = write_report(
+            run_dir, output, figures=figures, flagged=flagged, norm=norm, eps=eps
+        )
+    except (ReportError, ValueError) as exc:
+        raise _config_error(exc) from None
+    where = f" and {len(written.figures)} figure files in {written.figures[0].parent}"
+    click.echo(
+        f"wrote {written.html} ({written.size / 1024:.0f} KiB)" + (where if written.figures else "")
+    )
 
 
 if __name__ == "__main__":  # python -m robench.cli

@@ -27,6 +27,21 @@ def load_results(path: str | Path) -> pd.DataFrame:
     return read_results(p)
 
 
+#: how a leaderboard treats flagged defenses (a trust check failed): ranked after every
+#: unflagged one (``last``, the default: a number the checks distrust does not win), left out
+#: (``hide``), or ranked by their numbers alone (``keep``)
+FLAGGED = ("last", "hide", "keep")
+#: the mark of a flagged defense in tables and figures
+FLAG_MARK = "⚑"
+
+
+def check_flagged(flagged: str) -> str:
+    """``flagged`` if it is one of :data:`FLAGGED`; else ValueError (one line)."""
+    if flagged not in FLAGGED:
+        raise ValueError(f"--flagged: expected last, hide or keep, got {flagged!r}")
+    return flagged
+
+
 def _budget(norm: str, eps: float) -> str:
     return f"{norm} {eps:g}"
 
@@ -106,7 +121,11 @@ def _one_seed(g: pd.DataFrame, norm: str, eps: float, budgets: list[tuple[str, f
 
 
 def build_leaderboard(
-    frames: list[pd.DataFrame], *, norm: str | None = None, eps: float | None = None
+    frames: list[pd.DataFrame],
+    *,
+    norm: str | None = None,
+    eps: float | None = None,
+    flagged: str = "last",
 ) -> pd.DataFrame:
     """Rank every (benchmark, defense) of ``frames``.
 
@@ -127,7 +146,13 @@ def build_leaderboard(
     (``"wilson"``), and so is that of seeds whose accuracies agree exactly (``"wilson (3
     seeds agree)"``), where the t interval would have zero width. See
     :func:`robench.stats.seed_interval`.
+
+    A defense with any trust-check flag (``flagged`` column True) is ranked after every
+    unflagged one by default (``flagged="last"``): its number is one the checks distrust, so
+    it must not top the board. ``"hide"`` leaves flagged defenses out (their labels in
+    ``board.attrs["hidden"]``), ``"keep"`` ranks every defense by its numbers alone.
     """
+    check_flagged(flagged)
     df = pd.concat(frames, ignore_index=True)
     worst = df[(df["kind"] == "worst-case") & (df["status"] == "ok")]
     norms = list(dict.fromkeys(worst["norm"]))
@@ -166,18 +191,39 @@ def build_leaderboard(
             row[f"robust {_budget(n, e)}"] = _mean_std([r["budgets"][i] for r in runs])[0]
         flags = [(s, f) for s, r in per.items() for f in r["flags"]]
         row["flags"] = "; ".join(f if len(per) == 1 else f"seed {s}: {f}" for s, f in flags)
+        row["flagged"] = bool(flags)
         counts = g["n_examples"].dropna()
         row["n_examples"] = int(counts.max()) if len(counts) else 0
         failed = sum(r["failed"] for r in runs)
         row["status"] = f"{failed} failed cells" if failed else "complete"
         rows.append(row)
     board = pd.DataFrame(rows)
+    hidden = list(board.loc[board["flagged"], "defense"]) if flagged == "hide" else []
+    if hidden:
+        board = board[~board["flagged"]]
     board = board.sort_values(
         ["robust_accuracy", "clean_accuracy"], ascending=False, na_position="last", kind="stable"
-    ).reset_index(drop=True)
+    )
+    if flagged == "last":
+        board = board.sort_values("flagged", kind="stable")  # False first, order kept within
+    board = board.reset_index(drop=True)
     board.insert(0, "rank", range(1, len(board) + 1))
     board.insert(board.columns.get_loc("robust_accuracy"), "ranked_at", _budget(norm, eps))
-    return board.round(2)
+    board = board.round(2)
+    board.attrs["hidden"] = hidden
+    board.attrs["flagged"] = flagged
+    return board
+
+
+def marked(board: pd.DataFrame) -> pd.DataFrame:
+    """``board`` with each flagged defense's label marked (``"jpeg ⚑"``), for display."""
+    out = board.copy()
+    if "flagged" in out:
+        out["defense"] = [
+            f"{d} {FLAG_MARK}" if f else d
+            for d, f in zip(out["defense"], out["flagged"], strict=True)
+        ]
+    return out
 
 
 def summary_table(df: pd.DataFrame) -> str:
@@ -213,11 +259,13 @@ def summary_table(df: pd.DataFrame) -> str:
 
 def to_markdown(board: pd.DataFrame) -> str:
     """The leaderboard as a GitHub markdown table (accuracies in %), ready for a README;
-    a mean over several seeds is shown as mean ± standard deviation, and ``ci_method`` says
-    which interval ``robust_ci95`` is."""
+    a mean over several seeds is shown as mean ± standard deviation, ``ci_method`` says
+    which interval ``robust_ci95`` is, and a flagged defense's label is marked ⚑."""
+    board = marked(board)
     hidden = (
         "benchmark",
         "defense_name",
+        "flagged",
         "status",
         "clean_std",
         "robust_std",

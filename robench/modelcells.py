@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from robench import provenance, store
+from robench.advexamples import KEEP, ExampleLog
 from robench.cellkeys import loaded_model_key
 from robench.cellstore import Measured, StoredCell
 from robench.checks import SANITY_PREFIX, Score, chance_check, model_checks, result_checks
@@ -68,6 +69,8 @@ class ModelCells:
         self.model_failed = ""
         #: the model's key ("" until known)
         self.key = ""
+        #: a few adversarial examples of each cell (robench.advexamples)
+        self.examples = ExampleLog(run.cells, d.label, seed)
 
     def _cell(self, a: AttackUse, eps: float) -> Cell:
         """Attack ``a`` at ``eps`` on this model, as the scorer runs it (its ``build`` holds no
@@ -142,12 +145,15 @@ class ModelCells:
                     flags = self._model_flags(self.model, x[self.clean], y[self.clean])
                 n = int(self.clean.sum())
                 measured = Measured(n, n / len(y), time.perf_counter() - t1, flags="; ".join(flags))
+                pred = predict(self.model, x[:KEEP], run.bench.evaluation.batch_size)
+                self.examples.store_clean(clean_key, x[:KEEP], y[:KEEP], pred, provenance.now())
                 stored = run.cells.put(
                     clean_key, clean_record, measured, self.clean.cpu().numpy(), provenance.now()
                 )
             except Exception as exc:
                 return self._all_failed(exc, time.perf_counter() - t0, clean_row)
         assert stored is not None
+        self.examples.clean(clean_key)
         measured = stored.measured
         self.base = replace(self.base, clean_accuracy=measured.accuracy)
         clean_row = self.base.as_clean().with_measured(replace(measured, flags=""))
@@ -210,6 +216,8 @@ class ModelCells:
         flags = model_flags + result_checks(scores) + chance_check(scores, run.info.num_classes)
         run.rows[clean_index] = replace(clean_row, flags="; ".join(flags))
         run.report.flags(self.name, flags)
+        if why := self.examples.write(run.bench.output_dir, self.base.model_key):
+            run.report.note(f"  {self.name}: adversarial examples not written: {why}")
 
     def as_source(self) -> None:
         """Not scored here, but the model transfer attacks craft on (loaded when one needs it)."""
@@ -297,6 +305,7 @@ class ModelCells:
                 clean=self.clean,
                 source_of=self.run._source,
                 plan=self.plan,
+                watch=KEEP,
             )
             for cell, out in self.known:
                 self.scorer.known(cell, out)
@@ -334,9 +343,10 @@ class ModelCells:
         if main is None and not run.selection.compute:
             raise RuntimeError(run.selection.reason(*where))
         if main is None:
-            main = self._compute(key, record, t0, lambda s: s.score_main(cell), what)
+            main = self._compute(key, record, t0, lambda s: s.score_main(cell), what, cell.norm)
         else:
             self._known(cell, main)
+        self.examples.cell(cell.key, key)
         m = main.measured
         if not self.plan.attacks_misclassified(cell):
             return key, main, m, reused
@@ -353,7 +363,9 @@ class ModelCells:
                 t1,
                 lambda s: s.score_misclassified(cell),
                 f"{what} (on the clean-misclassified examples)",
+                cell.norm,
             )
+        self.examples.cell(cell.key, part_key)
         p = part.measured
         n = len(main.outcome)
         return (
@@ -377,12 +389,15 @@ class ModelCells:
         t0: float,
         score: Callable[[Scorer], AttackOutcome],
         what: str,
+        norm: str,
     ) -> StoredCell:
-        """Run ``score`` (a part of a cell) with this model's scorer, store the result, and
-        return it as stored; ``what`` names the cell in a time-limit error."""
+        """Run ``score`` (a part of a cell) with this model's scorer, store the result (and
+        its kept examples), and return it as stored; ``what`` names the cell in a time-limit
+        error, ``norm`` is its budget's norm."""
         scorer = self._scorer()  # the model loaded (or trained) first: not the cell's time
         with self._limit(what):
             out = score(scorer)
+        self.examples.store_cell(key, norm, out, scorer.x, provenance.now())
         robust = out.robust
         n = len(robust)
         measured = Measured(

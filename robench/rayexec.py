@@ -51,6 +51,7 @@ from typing import Any
 
 import pandas as pd
 
+from robench.advexamples import ExampleStore
 from robench.config import Benchmark, load_benchmark
 from robench.errors import ConfigError, error_line
 from robench.store import MODELS_DIR
@@ -157,8 +158,10 @@ def task(
         )
         with CellStore(folder) as store:
             computed = [row for row in store.export() if row[0] not in known]
+            examples = ExampleStore(store.db).export([row[0] for row in computed])
     return {
         "cells": computed,
+        "examples": examples,
         "errors": _errors(df),
         "seconds": time.perf_counter() - t0,
         "where": f"{os.uname().nodename}:{os.getpid()}",
@@ -199,6 +202,7 @@ def _salvage(out: Path, store, prefix: str = "") -> int:
         if (folder / "cells.sqlite").is_file():
             with CellStore(folder) as orphan:
                 recovered += store.merge(orphan.export())
+                ExampleStore(store.db).merge(ExampleStore(orphan.db).export())
         shutil.rmtree(folder, ignore_errors=True)
     return recovered
 
@@ -330,6 +334,7 @@ def run_on_ray(
                 if result is not None:
                     reasons.update(result["errors"])
                     store.merge(result["cells"])
+                    ExampleStore(store.db).merge(result.get("examples", []))
                 done += 1
                 n_cells += len(result["cells"]) if result else 0
                 busy = ", ".join(f"{k} {a} (seed {b})" for k, (a, b) in pending.values())

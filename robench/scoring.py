@@ -60,6 +60,19 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         model.train(was_training)
 
 
+#: a few adversarial examples of a cell: (positions in the evaluation set, adversarial
+#: examples, the model's predicted labels on them), on the model's device
+Kept = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def join_kept(parts: Sequence[Kept | None]) -> Kept | None:
+    """The watched examples of several parts (or chunks) of a cell, in one :data:`Kept`."""
+    found = [p for p in parts if p is not None]
+    if not found:
+        return None
+    return tuple(torch.cat([p[i] for p in found]) for i in range(3))  # type: ignore[return-value]
+
+
 @dataclass(frozen=True)
 class AttackOutcome:
     """What one attack at one budget did to the evaluation set."""
@@ -81,6 +94,15 @@ class AttackOutcome:
     chain: tuple[str, ...] = ()
     #: an ensemble attack (:meth:`Attack.fooled_by`): per component, the examples it fooled
     fooled_by: tuple[tuple[str, int], ...] = ()
+    #: the watched examples (the first ``watch`` of the evaluation set) this attack ran on:
+    #: their positions, adversarial examples and predicted labels (None: none watched)
+    examples: Kept | None = None
+
+
+def no_kept(x: torch.Tensor) -> Kept:
+    """No watched example: empty positions, examples shaped like ``x``'s, predictions."""
+    empty = torch.zeros(0, dtype=torch.int64, device=x.device)
+    return empty, x[:0], empty.clone()
 
 
 def attack_outcome(
@@ -94,6 +116,7 @@ def attack_outcome(
     source: nn.Module | None = None,
     misclassified: bool = False,
     precision: Precision = "fp32",
+    watch: int = 0,
 ) -> AttackOutcome:
     """Attack the clean-correct examples (``clean_correct``: or any subset to attack, such as
     those still robust in a cascade) and report which stay correct.
@@ -105,19 +128,26 @@ def attack_outcome(
     adversarial examples are written into it. With ``source``, a transfer attack: the examples
     are crafted on ``source`` and scored on ``model``. ``precision`` is the precision of the
     attack's gradient passes (:mod:`robench.precision`); the scoring is in the model's own.
+    ``watch``: the adversarial examples of the first ``watch`` examples of ``x`` that are
+    attacked, and the model's predictions on them, are kept (``examples``).
     """
     adv_correct = torch.zeros_like(clean_correct)
     idx = torch.arange(len(x), device=x.device) if misclassified else clean_correct.nonzero()
     n_bad, worst = 0, 0.0
     before = attack.fooled_by()
+    kept: list[Kept] = []
     for chunk in idx.flatten().split(batch_size):
         with attack_precision(precision):
             crafted = craft(attack, source if source is not None else model, x[chunk], y[chunk])
         n_bad += crafted.n_violations
         worst = max(worst, crafted.max_excess)
-        adv_correct[chunk] = predict(model, crafted.x_adv, batch_size) == y[chunk]
+        pred = predict(model, crafted.x_adv, batch_size)
+        adv_correct[chunk] = pred == y[chunk]
         if keep is not None:
             keep[chunk] = crafted.x_adv
+        watched = chunk < watch
+        if watched.any():
+            kept.append((chunk[watched], crafted.x_adv[watched].detach(), pred[watched]))
     after = attack.fooled_by()
     return AttackOutcome(
         clean_correct & adv_correct,
@@ -126,6 +156,7 @@ def attack_outcome(
         adv_correct if misclassified else None,
         len(idx),
         fooled_by=tuple((name, n - before.get(name, 0)) for name, n in after.items()),
+        examples=(join_kept(kept) or no_kept(x)) if watch else None,
     )
 
 
@@ -265,7 +296,8 @@ class Scorer:
     may be skipped; a cell whose outcome is known already, e.g. stored by an earlier run, is
     given with :meth:`known` instead). ``clean`` (computed if not given) says which examples
     are classified correctly without attack. ``source_of(label)`` is the model a transfer
-    attack crafts on.
+    attack crafts on. ``watch``: each outcome keeps the adversarial examples of the first
+    ``watch`` examples of ``x`` that its attack ran on (:attr:`AttackOutcome.examples`).
     """
 
     def __init__(
@@ -279,8 +311,10 @@ class Scorer:
         clean: torch.Tensor | None = None,
         source_of: Callable[[str], nn.Module] | None = None,
         plan: Plan | None = None,
+        watch: int = 0,
     ) -> None:
         self.evaluation = evaluation
+        self.watch = watch
         self.model, self.x, self.y = model, x, y
         self.clean = predict(model, x, evaluation.batch_size) == y if clean is None else clean
         self.source_of = source_of
@@ -345,6 +379,7 @@ class Scorer:
                 self.evaluation.batch_size,
                 source=source,
                 precision=self.evaluation.precision,
+                watch=self.watch,
             )
         return self._after(cell, out)
 
@@ -368,6 +403,7 @@ class Scorer:
             self.evaluation.batch_size,
             source=source,
             precision=self.evaluation.precision,
+            watch=self.watch,
         )
 
     def _source(self, cell: Cell) -> nn.Module | None:
@@ -408,10 +444,19 @@ class Scorer:
             self.minimal[name] = (x_adv, out)
         x_adv, out = self.minimal[name]
         x_eps = ThreatModel(cell.norm, cell.eps, cell.bounds).project(x_adv, x)
-        correct = predict(self.model, x_eps, batch) == y
+        pred = predict(self.model, x_eps, batch)
         n_attacked = out.n_attacked if cell is first else 0  # later budgets reuse its run
+        kept = None
+        if self.watch:
+            at = targets[: self.watch].nonzero().flatten()
+            kept = (at, x_eps[at], pred[at])
         return AttackOutcome(
-            targets & correct, out.n_violations, out.max_violation, None, n_attacked
+            targets & (pred == y),
+            out.n_violations,
+            out.max_violation,
+            None,
+            n_attacked,
+            examples=kept,
         )
 
 
@@ -426,4 +471,5 @@ def combine(main: AttackOutcome, misclassified: AttackOutcome) -> AttackOutcome:
         main.n_attacked + misclassified.n_attacked,
         main.chain,
         main.fooled_by,
+        join_kept([main.examples, misclassified.examples]),
     )

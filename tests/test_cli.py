@@ -115,7 +115,9 @@ def test_validate_run_and_leaderboard(tmp_path):
     board = pd.read_csv(board_csv)
     assert list(board["rank"]) == [1, 2]
     assert set(board["defense"]) == {"standard", "fgsm-at"}
-    assert board["robust_accuracy"].is_monotonic_decreasing
+    assert list(board["flagged"]) == sorted(board["flagged"])  # flagged defenses last
+    for _, same in board.groupby("flagged"):
+        assert same["robust_accuracy"].is_monotonic_decreasing
     assert (board["ranked_at"] == "linf 0.2").all()
     assert {"clean_accuracy", "robust linf 0.1", "robust_ci95", "strongest_attack"} <= set(
         board.columns

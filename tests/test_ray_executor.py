@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 import robench
+from robench.advexamples import read_examples
 from robench.errors import ConfigError
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install -e '.[ray]')")
@@ -67,6 +68,11 @@ def test_the_ray_table_is_the_local_table(tmp_path):
     assert not (tmp_path / "ray" / ".tasks").exists() or not any(
         (tmp_path / "ray" / ".tasks").iterdir()
     )
+    # the kept adversarial examples come back from the tasks too (the report's grid)
+    kept = {where: sorted(m.cells) for where, m in read_examples(tmp_path / "ray").items()}
+    assert kept and kept == {
+        where: sorted(m.cells) for where, m in read_examples(tmp_path / "local").items()
+    }
 
     # run again: every cell is reused, and the tasks find the trained models
     again = robench.run(_config(tmp_path / "ray", executor="ray", workers=2), quiet=True)
