@@ -11,6 +11,10 @@ from a broken plugin:
 
 A plugin that fails (import error, exception in a hook, unknown hook, invalid or duplicate
 registration) does not stop the others: it is recorded in :attr:`Registry.failures`.
+
+Plugins are imported lazily: what a plugin registered is kept in the catalogue cache
+(:mod:`robench.catalogue`), and a later registry lists it from there and imports the plugin
+only when one of its names is used (:meth:`Registry.get`, :meth:`Registry.entries`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import pluggy
 
 import robench
 from robench import hookspecs
+from robench.catalogue import Cache, Listing, cache_path, param_docs, source_key
 from robench.errors import ConfigError, PluginError, error_line
 
 ENTRY_POINT_GROUP = "robench"
@@ -90,30 +95,75 @@ class Registry:
 
     def __init__(
         self,
-        entries: Iterable[Entry],
+        entries: Iterable[Entry | Listing],
         failures: Iterable[PluginFailure] = (),
         excluded: Iterable[Exclusion] = (),
+        loader: _Loader | None = None,
     ) -> None:
-        self._by_kind: dict[Kind, dict[str, Entry]] = {k: {} for k in KINDS}
+        self._by_kind: dict[Kind, dict[str, Entry | Listing]] = {k: {} for k in KINDS}
         for e in entries:
-            self._by_kind[e.kind][e.name] = e
+            self._by_kind[e.kind][e.name] = e  # type: ignore[index]
         #: the plugins that failed to load and contribute nothing, in loading order
         self.failures: list[PluginFailure] = list(failures)
         #: the names plugins exclude, with their reasons, by ``(kind, name)``
         self.excluded: dict[tuple[Kind, str], Exclusion] = {(x.kind, x.name): x for x in excluded}
+        self._loader = loader
 
     def names(self, kind: Kind) -> list[str]:
         return sorted(self._by_kind[kind])
 
     def entries(self, kind: Kind | None = None) -> list[Entry]:
+        """The registered classes (of one kind): every plugin that supplies one is imported."""
         kinds = KINDS if kind is None else (kind,)
-        return [self._by_kind[k][n] for k in kinds for n in sorted(self._by_kind[k])]
+        lazy = {e.plugin for k in kinds for e in self._by_kind[k].values() if _is_lazy(e)}
+        for plugin in lazy:
+            self._import(plugin)
+        return [self._by_kind[k][n] for k in kinds for n in sorted(self._by_kind[k])]  # type: ignore[misc]
+
+    def listings(self, kind: Kind | None = None) -> list[Listing]:
+        """What is registered (of one kind), with descriptions and parameters, without
+        importing a plugin the catalogue cache knows (:mod:`robench.catalogue`)."""
+        kinds = KINDS if kind is None else (kind,)
+        return [_listing(self._by_kind[k][n]) for k in kinds for n in sorted(self._by_kind[k])]
+
+    def _import(self, plugin: str) -> None:
+        """Import a plugin known from the cache and put its classes in place of its listings;
+        a plugin that fails now is a failure and its names are gone."""
+        assert self._loader is not None
+        real = self._loader.load_deferred(plugin, self._others(plugin))
+        for k in KINDS:
+            for name in [n for n, e in self._by_kind[k].items() if e.plugin == plugin]:
+                del self._by_kind[k][name]
+        self.failures = list(self._loader.failures)
+        if real is None:
+            return
+        entries, excluded = real
+        for e in entries:
+            self._by_kind[e.kind][e.name] = e
+        self.excluded = {at: x for at, x in self.excluded.items() if x.plugin != plugin}
+        self.excluded |= {(x.kind, x.name): x for x in excluded}
+
+    def _others(self, plugin: str) -> dict[tuple[Kind, str], Entry | Listing]:
+        return {(k, n): e for k in KINDS for n, e in self._by_kind[k].items() if e.plugin != plugin}
 
     def get(self, kind: Kind, name: str) -> Entry:
-        """The entry for ``name``; a :class:`ConfigError` with a did-you-mean if unknown, naming
-        the plugins that failed to load (any of them might have provided it)."""
+        """The entry for ``name`` (its plugin imported now if the cache listed it); a
+        :class:`ConfigError` with a did-you-mean if unknown, naming the plugins that failed to
+        load (any of them might have provided it)."""
+        found = self._by_kind[kind].get(name)
+        if found is not None and _is_lazy(found):
+            self._import(found.plugin)
+            if name not in self._by_kind[kind]:
+                failed = [f for f in self.failures if f.plugin == found.plugin]
+                why = (
+                    f"could not be built: {failed[-1].reason} ({failed[-1].hint})"
+                    if failed
+                    else "is no longer registered by it"
+                )
+                source = _describe(found.plugin, found.distribution, found.version)
+                raise ConfigError(f"{kind} {name!r} of {source} {why}")
         try:
-            return self._by_kind[kind][name]
+            return self._by_kind[kind][name]  # type: ignore[return-value]
         except KeyError:
             excluded = self.excluded.get((kind, name))
             if excluded is not None:
@@ -130,6 +180,18 @@ class Registry:
     def __contains__(self, item: tuple[Kind, str]) -> bool:
         kind, name = item
         return name in self._by_kind[kind]
+
+
+def _is_lazy(e: Entry | Listing) -> bool:
+    return isinstance(e, Listing)
+
+
+def _listing(e: Entry | Listing) -> Listing:
+    if isinstance(e, Listing):
+        return e
+    return Listing(
+        e.kind, e.name, e.plugin, e.distribution, e.version, e.description, param_docs(e.cls)
+    )
 
 
 def did_you_mean(name: object, known: list[str]) -> str:
@@ -200,16 +262,36 @@ class _Loaded:
     distribution: str
     version: str
     builtin: bool
+    #: its catalogue cache key (None: not cached)
+    key: str | None = None
+
+
+@dataclass
+class _Deferred:
+    """A plugin listed from the catalogue cache, not imported yet."""
+
+    load: Any
+    name: str
+    distribution: str
+    version: str
+    builtin: bool
+    record: dict[str, Any]
+    key: str
 
 
 class _Loader:
     """Loads plugins one by one; a plugin that fails becomes a :class:`PluginFailure`."""
 
-    def __init__(self) -> None:
+    def __init__(self, lazy: bool = True) -> None:
         self.pm = pluggy.PluginManager("robench")
         self.pm.add_hookspecs(hookspecs)
         self.loaded: list[_Loaded] = []
+        #: every plugin in loading order, imported or listed from the cache
+        self.sources: list[_Loaded | _Deferred] = []
+        self.deferred: dict[str, _Deferred] = {}
         self.failures: list[PluginFailure] = []
+        self.cache = Cache(cache_path() if lazy else None)
+        self.bases: dict[Kind, type] = {}
 
     def fail(self, name: str, dist: str, version: str, exc: BaseException, builtin: bool):
         reason = _reason(exc)
@@ -219,21 +301,74 @@ class _Loader:
         tb = "".join(traceback.format_exception(exc))
         self.failures.append(PluginFailure(name, dist, version, message, tb, reason, builtin))
 
-    def add(self, load, name: str | None, dist: str, version: str, builtin: bool = False):
-        """Import (``load()``) and register one plugin; record a failure instead of raising."""
+    def add(
+        self,
+        load,
+        name: str | None,
+        dist: str,
+        version: str,
+        builtin: bool = False,
+        key: str | None = None,
+    ):
+        """Import (``load()``) and register one plugin; record a failure instead of raising.
+        A plugin whose ``key`` the catalogue cache holds is listed from it, not imported."""
+        record = self.cache.get(name, key) if name is not None else None
+        if record is not None and key is not None and name is not None:
+            deferred = _Deferred(load, name, dist, version, builtin, record, key)
+            self.deferred[name] = deferred
+            self.sources.append(deferred)
+            return
+        self._import(load, name, dist, version, builtin, key)
+
+    def _import(self, load, name, dist, version, builtin, key) -> _Loaded | None:
         shown = name or "?"
         try:
             obj = load()
             shown = name or getattr(obj, "__name__", None) or repr(obj)
             registered = self.pm.register(obj, name=name)
             if registered is None:  # None, or a blocked name
-                return
+                return None
             shown = registered
             self._check_known_hooks(obj)
         except Exception as exc:
             self.fail(shown, dist, version, exc, builtin)
-            return
-        self.loaded.append(_Loaded(obj, registered, dist, version, builtin))
+            return None
+        loaded = _Loaded(obj, registered, dist, version, builtin, key)
+        self.loaded.append(loaded)
+        self.sources.append(loaded)
+        return loaded
+
+    def _bases(self) -> dict[Kind, type]:
+        """The plugin base classes (imported on first need: they import torch)."""
+        if not self.bases:
+            for kind, (module, attr) in _BASES.items():
+                self.bases[kind] = getattr(importlib.import_module(module), attr)
+        return self.bases
+
+    def load_deferred(
+        self, plugin: str, others: dict[tuple[Kind, str], Any]
+    ) -> tuple[list[Entry], list[Exclusion]] | None:
+        """Import a plugin listed from the cache and call its hooks: its entries and
+        exclusions, or None when it fails (recorded in :attr:`failures`)."""
+        d = self.deferred.pop(plugin)
+        loaded = self._import(d.load, d.name, d.distribution, d.version, d.builtin, d.key)
+        if loaded is None:
+            return None
+        staged: dict[tuple[Kind, str], Entry] = {}
+        excluded: list[Exclusion] = []
+        try:
+            self._call_hooks(loaded, self._bases(), others, staged, excluded)
+        except Exception as exc:
+            self.fail(loaded.name, loaded.distribution, loaded.version, exc, loaded.builtin)
+            return None
+        self._remember(loaded, staged, excluded)
+        self.cache.save()
+        return list(staged.values()), excluded
+
+    def _remember(self, p: _Loaded, staged: dict, excluded: list[Exclusion]) -> None:
+        if p.key is not None:
+            listings = [_listing(e) for e in staged.values()]
+            self.cache.put(p.name, p.key, listings, [(x.kind, x.name, x.reason) for x in excluded])
 
     def _check_known_hooks(self, obj: object) -> None:
         for caller in self.pm.get_hookcallers(obj) or []:
@@ -269,27 +404,47 @@ class _Loader:
                     self.fail(ep.name, dist, version, exc, builtin=False)
                 continue
             seen[ep.name] = dist
-            self.add(ep.load, ep.name, dist, version)
+            requires = (ep.dist.requires or []) if ep.dist is not None else []
+            key = source_key(ep.module, dist, version, requires) if dist != _UNKNOWN_DIST else None
+            self.add(ep.load, ep.name, dist, version, key=key)
 
     def collect(self) -> Registry:
         """Call each plugin's registration hooks; a plugin whose hooks raise, or that
         registers anything invalid, is a failure and contributes nothing."""
-        bases = {}
-        for kind, (module, attr) in _BASES.items():
-            bases[kind] = getattr(importlib.import_module(module), attr)
-        entries: dict[tuple[Kind, str], Entry] = {}
+        entries: dict[tuple[Kind, str], Any] = {}
         excluded: list[Exclusion] = []
-        for p in self.loaded:
-            staged: dict[tuple[Kind, str], Entry] = {}
+        for p in list(self.sources):
+            staged: dict[tuple[Kind, str], Any] = {}
             staged_out: list[Exclusion] = []
             try:
-                self._call_hooks(p, bases, entries, staged, staged_out)
+                if isinstance(p, _Deferred):
+                    self._replay(p, entries, staged, staged_out)
+                else:
+                    self._call_hooks(p, self._bases(), entries, staged, staged_out)
+                    self._remember(p, staged, staged_out)
             except Exception as exc:
                 self.fail(p.name, p.distribution, p.version, exc, p.builtin)
+                self.deferred.pop(p.name, None)
                 continue
             entries.update(staged)
             excluded += staged_out
-        return Registry(entries.values(), self.failures, excluded)
+        self.cache.save()
+        return Registry(entries.values(), self.failures, excluded, loader=self)
+
+    def _replay(self, p: _Deferred, entries: dict, staged: dict, excluded: list) -> None:
+        """What a cached plugin registered, as listings (checked for clashes as on import)."""
+        for item in p.record["entries"]:
+            listing = Listing(**{**item, "plugin": p.name})
+            key = (listing.kind, listing.name)
+            if key in entries:
+                first = entries[key]
+                raise PluginError(
+                    f"duplicate {listing.kind} name {listing.name!r}: already registered by "
+                    f"{_describe(first.plugin, first.distribution, first.version)}"
+                )
+            staged[key] = listing
+        for kind, name, reason in p.record["excluded"]:
+            excluded.append(Exclusion(kind, name, reason, p.name, p.distribution, p.version))
 
     def _call_hooks(
         self, p: _Loaded, bases: dict, entries: dict, staged: dict, excluded: list[Exclusion]
@@ -357,20 +512,27 @@ def _add(entries, staged, kind: Kind, base: type, cls: Any, p: _Loaded) -> None:
     staged[key] = Entry(kind, name, cls, p.name, p.distribution, p.version)
 
 
-def build_registry(*, entry_points: bool = True, plugins: Iterable[object] = ()) -> Registry:
+def build_registry(
+    *, entry_points: bool = True, plugins: Iterable[object] = (), lazy: bool = True
+) -> Registry:
     """Build a fresh registry: the built-ins, installed plugins (unless ``entry_points`` is
     False) and ``plugins`` (modules or objects with hook implementations, e.g. in a notebook).
 
     Never raises for a broken plugin: a plugin that fails to import, implements an unknown
     hook, raises in a hook or registers something invalid (including a name already taken: the
     first registration wins) is left out entirely and listed in ``registry.failures``.
+
+    With ``lazy`` (the default), the built-ins and installed plugins that the catalogue cache
+    knows (:mod:`robench.catalogue`) are listed from it and imported on first use; ``plugins``
+    given here are always imported.
     """
-    loader = _Loader()
+    loader = _Loader(lazy)
     blocked = set(_env_list("ROBENCH_BLOCK_PLUGINS"))
     for modname in BUILTINS:
         if modname not in blocked:
             load = functools.partial(importlib.import_module, modname)
-            loader.add(load, modname, "robench", robench.__version__, builtin=True)
+            key = source_key(modname, "robench", robench.__version__) if lazy else None
+            loader.add(load, modname, "robench", robench.__version__, builtin=True, key=key)
     for plugin in plugins:
         loader.add(lambda plugin=plugin: plugin, None, _UNKNOWN_DIST, "")
     if entry_points:

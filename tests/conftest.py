@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# The tests' own catalogue cache (robench.catalogue), never the user's ~/.cache/robench: its
+# subprocesses inherit it. A test that needs a fresh one sets its own.
+os.environ["ROBENCH_CATALOGUE"] = os.path.join(
+    tempfile.mkdtemp(prefix="robench-tests-"), "catalogue.json"
+)
 
 
 def _data_root() -> Path:

@@ -115,3 +115,52 @@ def counting_model(model):
             return self.model(x)
 
     return Counting()
+
+
+def install_plugin(root, package: str, source: str, distribution: str, entry_point: str):
+    """Build and install a one-module plugin distribution (version 0.0.1, entry point
+    ``entry_point = package`` in the ``robench`` group) into ``root/site``; returns that folder
+    (put it on ``sys.path`` / ``PYTHONPATH`` to install it). Installing again replaces it."""
+    import subprocess
+    import sys
+    import textwrap
+
+    pkg = root / "src"
+    (pkg / package).mkdir(parents=True, exist_ok=True)
+    (pkg / package / "__init__.py").write_text(source)
+    (pkg / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [build-system]
+            requires = ["setuptools"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "{distribution}"
+            version = "0.0.1"
+
+            [project.entry-points.robench]
+            {entry_point} = "{package}"
+            """
+        )
+    )
+    site = root / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--upgrade",
+            "--target",
+            str(site),
+            str(pkg),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return site

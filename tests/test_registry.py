@@ -5,9 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import subprocess
 import sys
-import textwrap
 import types
 from pathlib import Path
 
@@ -19,6 +17,7 @@ from robench import hookspecs
 from robench.api import Attack
 from robench.cli import main
 from robench.registry import KINDS, build_registry, get_registry
+from tests.helpers import install_plugin
 
 PLUGIN_SOURCE = '''
 """A tiny third-party robench plugin: one attack."""
@@ -46,44 +45,7 @@ def robench_register_attacks(register):
 def plugin_site(tmp_path_factory) -> Path:
     """A real distribution, 'robench-tiny-plugin', built and installed into a folder."""
     root = tmp_path_factory.mktemp("plugin")
-    pkg = root / "src"
-    (pkg / "robench_tiny_plugin").mkdir(parents=True)
-    (pkg / "robench_tiny_plugin" / "__init__.py").write_text(PLUGIN_SOURCE)
-    (pkg / "pyproject.toml").write_text(
-        textwrap.dedent(
-            """
-            [build-system]
-            requires = ["setuptools"]
-            build-backend = "setuptools.build_meta"
-
-            [project]
-            name = "robench-tiny-plugin"
-            version = "0.0.1"
-
-            [project.entry-points.robench]
-            tiny = "robench_tiny_plugin"
-            """
-        )
-    )
-    site = root / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-index",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            str(pkg),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return site
+    return install_plugin(root, "robench_tiny_plugin", PLUGIN_SOURCE, "robench-tiny-plugin", "tiny")
 
 
 @pytest.fixture
