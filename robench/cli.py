@@ -325,7 +325,12 @@ def validate(
     type=click.Choice(["attack", "defense", "model", "dataset"]),
     help="Only this kind.",
 )
-def list_(patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str | None) -> None:
+@click.option(
+    "--excluded", is_flag=True, help="The names plugins leave out on purpose, with the reason."
+)
+def list_(
+    patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str | None, excluded: bool
+) -> None:
     """List every registered attack, defense, model and dataset, and who supplied it.
 
     PATTERNS (names or shell-style patterns such as 'art.*') narrow the list. A plugin that
@@ -334,6 +339,9 @@ def list_(patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str
     import fnmatch
 
     registry = _registry_or_exit()
+    if excluded:
+        _list_excluded(registry, patterns, kind, as_json)
+        return
     entries = registry.listings(kind)  # type: ignore[arg-type]
     if patterns:
         entries = [e for e in entries if any(fnmatch.fnmatchcase(e.name, p) for p in patterns)]
@@ -357,6 +365,31 @@ def list_(patterns: tuple[str, ...], as_json: bool, with_params: bool, kind: str
     else:
         for line in _list_lines(entries, with_params, _terminal_width()):
             click.echo(line)
+    if registry.failures:
+        _report_failures(registry, "Error")
+        sys.exit(EXIT_CONFIG)
+
+
+def _list_excluded(registry, patterns: tuple[str, ...], kind: str | None, as_json: bool) -> None:
+    """``robench list --excluded``: each excluded name, its plugin and the reason."""
+    import fnmatch
+
+    rows = [
+        x
+        for (k, name), x in sorted(registry.excluded.items())
+        if (kind is None or k == kind)
+        and (not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns))
+    ]
+    if as_json:
+        keys = ("kind", "name", "plugin", "distribution", "version", "reason")
+        click.echo(json.dumps([{k: getattr(x, k) for k in keys} for x in rows], indent=2))
+    else:  # grouped by plugin, the reasons in full (they are the point)
+        heading = None
+        for x in sorted(rows, key=lambda x: (x.distribution, x.plugin, x.kind, x.name)):
+            if (x.distribution, x.plugin) != heading:
+                heading = (x.distribution, x.plugin)
+                click.echo(f"{x.distribution} {x.version} ({x.plugin}):")
+            click.echo(f"  {x.kind} {x.name}: {x.reason}")
     if registry.failures:
         _report_failures(registry, "Error")
         sys.exit(EXIT_CONFIG)

@@ -3,6 +3,8 @@ their reason."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 import robench
@@ -112,3 +114,20 @@ def test_the_adapters_say_why_a_library_class_is_left_out():
     names = {name for _, name in reg.excluded}
     assert {f"foolbox.{n}" for n in FOOLBOX_EXCLUDED} <= names
     assert not {name for _, name in reg.excluded} & set(reg.names("attack"))
+
+
+def test_list_excluded_shows_every_excluded_name_with_its_reason():
+    pytest.importorskip("robench_art")
+    from click.testing import CliRunner
+    from robench_art.catalogue import EXCLUDED_DEFENCES
+
+    from robench.cli import main
+
+    out = CliRunner().invoke(main, ["list", "--excluded", "--kind", "defense"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.splitlines()
+    assert lines[0] == "robench-art 0.1.0 (art):"
+    for name, reason in EXCLUDED_DEFENCES.items():
+        assert f"  defense art.{name}: {reason}" in lines
+    js = CliRunner().invoke(main, ["list", "--excluded", "--json", "art.Pixel*"])
+    assert [r["name"] for r in json.loads(js.output)] == ["art.PixelAttack"]
