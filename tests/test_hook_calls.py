@@ -10,7 +10,7 @@ import pytest
 import robench
 from robench.attacks.fgsm import FGSM
 from robench.errors import ConfigError
-from robench.registry import build_registry
+from robench.registry import build_registry, get_registry
 from tests.helpers import plugin_module
 
 
@@ -123,11 +123,14 @@ def test_list_excluded_shows_every_excluded_name_with_its_reason():
 
     from robench.cli import main
 
-    out = CliRunner().invoke(main, ["list", "--excluded", "--kind", "defense"])
+    get_registry.cache_clear()  # a registry of the ART plugin alone (and the built-ins)
+    runner = CliRunner(env={"ROBENCH_PLUGINS": "art"})
+    out = runner.invoke(main, ["list", "--excluded", "--kind", "defense"])
     assert out.exit_code == 0, out.output
     lines = out.output.splitlines()
     assert lines[0] == "robench-art 0.1.0 (art):"
     for name, reason in EXCLUDED_DEFENCES.items():
         assert f"  defense art.{name}: {reason}" in lines
-    js = CliRunner().invoke(main, ["list", "--excluded", "--json", "art.Pixel*"])
+    js = runner.invoke(main, ["list", "--excluded", "--json", "--kind", "attack", "art.Pixel*"])
+    get_registry.cache_clear()
     assert [r["name"] for r in json.loads(js.output)] == ["art.PixelAttack"]
