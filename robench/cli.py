@@ -449,6 +449,28 @@ _flagged = click.option(
 
 
 @main.command()
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write it to a file."
+)
+def schema(output: Path | None) -> None:
+    """Print the JSON Schema of a benchmark file, with every registered plugin's parameters.
+
+    For editors that complete and check TOML from a schema (e.g. Taplo / Even Better TOML:
+    put '#:schema ./robench.schema.json' on a benchmark's first line).
+    """
+    from robench.jsonschema import benchmark_schema
+
+    registry = _registry_or_exit(for_benchmarks=True)
+    text = json.dumps(benchmark_schema(registry), indent=1, ensure_ascii=False)
+    if output is None:
+        click.echo(text)
+    else:
+        output.write_text(text + "\n")
+    if registry.failures:
+        _report_failures(registry, "Warning")
+
+
+@main.command()
 @click.argument("results", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--output",

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
 from robench.precision import Precision
-from robench.specs import Epsilon, NormName
+from robench.specs import EPS_SCHEMA, Epsilon, NormName
 
 _Strict = ConfigDict(extra="forbid")
 _WithParams = ConfigDict(extra="allow")
@@ -165,7 +165,13 @@ class AttackTable(PluginTable):
     norm: NormName = "linf"
     #: a transfer attack: craft on this defense's model, score on every defense
     source: str | None = None
-    eps: list[Epsilon] = Field(min_length=1)
+    eps: Annotated[
+        list[Epsilon],
+        Field(min_length=1),
+        WithJsonSchema(
+            {"anyOf": [EPS_SCHEMA, {"type": "array", "items": EPS_SCHEMA, "minItems": 1}]}
+        ),
+    ]
 
     @field_validator("eps", mode="before")
     @classmethod

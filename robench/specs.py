@@ -6,7 +6,14 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    WithJsonSchema,
+    model_validator,
+)
 
 from robench.threat import Norm
 
@@ -41,10 +48,38 @@ def parse_norm(value: Any) -> Any:
     return value
 
 
+#: what a budget may be written as, for the JSON Schema of a benchmark file
+EPS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\s*[0-9.eE+-]+\s*/\s*[0-9.eE+-]+\s*$"},
+    ],
+    "description": "a budget: a number, or a fraction such as '8/255'",
+}
 #: A perturbation budget: a non-negative number, or a fraction string like "8/255".
-Epsilon = Annotated[float, BeforeValidator(parse_eps), Field(ge=0, allow_inf_nan=False)]
+Epsilon = Annotated[
+    float,
+    BeforeValidator(parse_eps),
+    Field(ge=0, allow_inf_nan=False),
+    WithJsonSchema(EPS_SCHEMA),
+]
 #: "linf" or "l2" (also accepted: "inf", "Linf", "L2").
-NormName = Annotated[Norm, BeforeValidator(parse_norm)]
+NormName = Annotated[
+    Norm,
+    BeforeValidator(parse_norm),
+    WithJsonSchema(
+        {
+            "enum": sorted({*_NORM_ALIASES, *(k.upper() for k in _NORM_ALIASES), "Linf"}),
+            "description": "the norm: linf or l2",
+        }
+    ),
+]
+
+
+def _spec_schema(schema: dict[str, Any]) -> None:
+    """An attack spec's other keys are the attack's parameters (checked once it is known)."""
+    schema["properties"].pop("params", None)
+    schema["additionalProperties"] = True
 
 
 class AttackSpec(BaseModel):
@@ -55,7 +90,7 @@ class AttackSpec(BaseModel):
     Every key besides ``name``, ``norm`` and ``eps`` is a parameter of the attack.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_spec_schema)
 
     name: str
     norm: NormName = "linf"
