@@ -1,4 +1,4 @@
-"""The README's "Writing a plugin" example is complete: it builds, installs an entry point and
+"""The plugin guide's (docs/plugins.md) "Writing a plugin" example is complete: it builds, installs an entry point and
 runs under robench without leaving the ε-ball or the bounds."""
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ from robench.registry import build_registry
 
 from .helpers import tiny_config
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 PY_HEADER = "# my-robench-plugin/my_robench_plugin/__init__.py"
 TOML_HEADER = "# my-robench-plugin/pyproject.toml"
 
 
 def _section() -> str:
-    text = README.read_text()
+    text = GUIDE.read_text()
     start = text.index("## Writing a plugin\n")
-    end = text.index("\n## ", start + 1)
-    return text[start:end]
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end > 0 else None]
 
 
 def _block(header: str) -> str:
