@@ -3,6 +3,7 @@ benchmark's scoring engine (:mod:`robench.scoring`)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,7 +11,8 @@ import torch
 from torch import nn
 
 from robench.attack import Attack
-from robench.precision import Precision
+from robench.model import model_device_dtype
+from robench.precision import Precision, fastest
 from robench.reproducibility import cell_seed
 from robench.schema import EvaluationConfig
 from robench.scoring import AttackOutcome, Cell, Scorer, attack_outcome, cascade_cost, predict
@@ -102,6 +104,8 @@ def evaluate(
       examples either way;
     - ``precision="bf16"``: the native attacks compute their gradients in bfloat16
       (:mod:`robench.precision`); every example is still scored in the model's own precision.
+      On a device without native bfloat16 (emulated bf16 is slower) it runs in fp32, with a
+      RuntimeWarning saying so.
       For a convolutional model, ``model.to(memory_format=torch.channels_last)`` and the same
       for ``x`` often help as much again (``channels_last = true``);
     - minimisation attacks run once at ε = ∞ and are projected into each budget's ball.
@@ -117,7 +121,11 @@ def evaluate(
         cascade=cascade,
         attack_misclassified=attack_misclassified,
         precision=precision,
+        channels_last=False,  # the caller's model and x keep their memory format
     )
+    evaluation, changed = fastest(evaluation, model_device_dtype(model, x)[0])
+    if changed:
+        warnings.warn(f"evaluate: {changed}", RuntimeWarning, stacklevel=2)
     scorer = Scorer(evaluation, model, x, y, _cells(attacks, seed, defense))
     robust = scorer.clean
     outcomes: dict[tuple[str, str, float], AttackOutcome] = {}

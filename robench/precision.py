@@ -54,6 +54,28 @@ def warn_if_slow(precision: Precision, device: torch.device | str, what: str) ->
         )
 
 
+def fastest(evaluation, device: torch.device | str):
+    """The evaluation settings that run ``evaluation`` fast on ``device``, and a note saying
+    what changed (None: nothing), for an ``[evaluation]`` table (:class:`robench.schema.
+    EvaluationConfig`):
+
+    - ``precision = "bf16"`` on a device without native bfloat16 runs in fp32: emulated bf16 is
+      slower than fp32, and the outcome of an fp32 run is at least as strong;
+    - ``precision = "bf16"`` brings ``channels_last`` with it (unless the table sets it): bf16
+      convolutions pay in that memory format; without it they can be slower than fp32.
+    """
+    if evaluation.precision != "bf16":
+        return evaluation, None
+    if not bf16_native(device):
+        used = evaluation.model_copy(update={"precision": "fp32"})
+        kind = torch.device(device).type
+        return used, f"precision 'bf16' asked, fp32 used: no native bfloat16 on this {kind}"
+    if "channels_last" not in evaluation.model_fields_set and not evaluation.channels_last:
+        used = evaluation.model_copy(update={"channels_last": True})
+        return used, "precision 'bf16' with channels_last (the table left it unset)"
+    return evaluation, None
+
+
 @contextlib.contextmanager
 def attack_precision(precision: Precision) -> Iterator[None]:
     """Inside the block, native attacks compute their gradients in ``precision``."""

@@ -8,7 +8,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -304,8 +304,12 @@ def _execute(
     src = str(bench.source) if bench.source else None
     info = check_data_and_model(bench, root, src)
     dev = resolve_device(device)
-    precision.warn_if_slow(bench.evaluation.precision, dev, "[evaluation]")
+    evaluation, changed = precision.fastest(bench.evaluation, dev)
+    asked = bench.evaluation
+    bench = replace(bench, evaluation=evaluation)
     reporter = Reporter(quiet=quiet)
+    if changed:
+        reporter.note(f"[evaluation] {changed}")
     if selection is not None and not selection.compute:  # an executor's tasks computed them
         reporter.reused_as = "from the cell store"
     t0 = time.perf_counter()
@@ -340,6 +344,12 @@ def _execute(
     cells = CellStore(bench.output_dir)
     state = _Run(bench, registry, dev, info, reporter, cells, keys, sanity, train, fresh, selection)
     prov["executor"] = executor or {"name": "local"}
+    if changed:
+        prov["evaluation_settings"] = {
+            "asked": asked.model_dump(mode="json", include={"precision", "channels_last"}),
+            "used": evaluation.model_dump(mode="json", include={"precision", "channels_last"}),
+            "why": changed,
+        }
     prov["models"] = state.trained.record  # filled in as the run goes
     prov["cells"] = state.record
     writer.start()  # the provenance (status "running", pid) from the start

@@ -32,6 +32,16 @@ def data_root() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _bf16_everywhere(monkeypatch: pytest.MonkeyPatch) -> None:
+    # robench runs precision "bf16" in fp32 on devices without native bfloat16 (emulated bf16
+    # is slower); the tests exercise the bf16 code paths on any CPU, where autocast emulates
+    # it. A test of the fallback itself sets bf16_native back.
+    from robench import precision
+
+    monkeypatch.setattr(precision, "bf16_native", lambda device: True)
+
+
+@pytest.fixture(autouse=True)
 def _quiet_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # Datasets read the offline data root unless a test says otherwise.
     monkeypatch.setenv("ROBENCH_DATA", str(_data_root()))

@@ -3,6 +3,7 @@ gradient passes run under autocast, every verdict is the model's own full-precis
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -167,6 +168,41 @@ def test_bf16_on_a_device_without_it_warns(monkeypatch):
     monkeypatch.setattr(precision, "bf16_native", lambda device: False)
     with pytest.warns(RuntimeWarning, match=r"\[evaluation\].*emulated"):
         precision.warn_if_slow("bf16", "cpu", "[evaluation]")
+
+
+def test_bf16_without_native_support_runs_in_fp32(monkeypatch, tmp_path, trained):
+    """No setting may make evaluation slower than fp32: emulated bf16 is, so bf16 asked on a
+    device without it runs in fp32 (the same cells as an fp32 run), and says so."""
+    monkeypatch.setattr(precision, "bf16_native", lambda device: False)
+    runs, provs = {}, {}
+    for prec in ("fp32", "bf16"):
+        config = tiny_config(tmp_path)  # one folder (tmp_path/out): bf16's cells are fp32's
+        config["evaluation"] |= {"sanity": False, "precision": prec}
+        runs[prec] = robench.run(config, quiet=True)
+        provs[prec] = pd.read_json(tmp_path / "out" / "results.json", typ="series")
+    assert list(runs["bf16"]["accuracy"]) == list(runs["fp32"]["accuracy"])
+    assert provs["bf16"]["cells"]["computed"] == 0
+    assert provs["bf16"]["evaluation_settings"] == {
+        "asked": {"precision": "bf16", "channels_last": False},
+        "used": {"precision": "fp32", "channels_last": False},
+        "why": "precision 'bf16' asked, fp32 used: no native bfloat16 on this cpu",
+    }
+    assert "evaluation_settings" not in provs["fp32"]
+    model, x, y, bounds = trained
+    attack = [PGD(ThreatModel("linf", 0.1, bounds), steps=3)]
+    with pytest.warns(RuntimeWarning, match="fp32 used"):
+        bf16 = evaluate(model, x, y, attack, precision="bf16")
+    assert torch.equal(bf16.robust, evaluate(model, x, y, attack).robust)
+
+
+def test_bf16_brings_channels_last_unless_the_table_says_otherwise():
+    from robench.schema import EvaluationConfig
+
+    used, why = precision.fastest(EvaluationConfig(precision="bf16"), "cpu")
+    assert used.channels_last and "channels_last" in why
+    kept, why = precision.fastest(EvaluationConfig(precision="bf16", channels_last=False), "cpu")
+    assert not kept.channels_last and why is None
+    assert precision.fastest(EvaluationConfig(), "cpu") == (EvaluationConfig(), None)
 
 
 def test_a_benchmark_evaluates_in_bf16_and_channels_last(tmp_path):
