@@ -4,7 +4,8 @@ Five sections (``--sections``, all by default):
 
 evaluation
     Robust accuracy of one model at L∞ ε (default 0.1) on the first ``--n`` test images
-    (default 1000), PGD-20 with step α = 2.5·ε/20 and a random start, six ways:
+    (default 1000), PGD-20 (``--steps``) with step α = 2.5·ε/20 (``--alpha``) and a random
+    start, six ways (Madry et al.'s MNIST protocol: ``--steps 40 --alpha 0.01``):
 
     - robench: ``robench.evaluation.evaluate`` with [FGSM, PGD-20] and ``cascade=True``,
       which scores with the runner's own engine (``robench.scoring.Scorer``): exactly what
@@ -321,10 +322,12 @@ def channels_last(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.T
     return fast, x.contiguous(memory_format=torch.channels_last)
 
 
-def robench_eval(model, x, y, eps, alpha, batch, bounds, fast: bool = False) -> Fn:
+def robench_eval(
+    model, x, y, eps, alpha, batch, bounds, fast: bool = False, steps: int = STEPS
+) -> Fn:
     attacks = [
         FGSM(ThreatModel("linf", eps, bounds)),
-        PGD(ThreatModel("linf", eps, bounds), steps=STEPS, step_size=alpha, random_start=True),
+        PGD(ThreatModel("linf", eps, bounds), steps=steps, step_size=alpha, random_start=True),
     ]
     precision = "bf16" if fast else "fp32"
     if fast:
@@ -347,14 +350,16 @@ def robench_eval(model, x, y, eps, alpha, batch, bounds, fast: bool = False) -> 
     return run
 
 
-def torchattacks_eval(model, x, y, eps, alpha, batch, bounds, fast: bool = False) -> Fn:
+def torchattacks_eval(
+    model, x, y, eps, alpha, batch, bounds, fast: bool = False, steps: int = STEPS
+) -> Fn:
     """torchattacks' PGD; with ``fast``, on a channels_last copy and under bf16 autocast
     (a wrapper a user could write: torchattacks has no such option), scored in fp32."""
     import torchattacks
 
     if fast:
         model, x = channels_last(model, x)
-    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
+    attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
     autocast = functools.partial(torch.autocast, x.device.type, torch.bfloat16, enabled=fast)
 
     def run() -> float:
@@ -369,7 +374,7 @@ def torchattacks_eval(model, x, y, eps, alpha, batch, bounds, fast: bool = False
     return run
 
 
-def art_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
+def art_eval(model, x, y, eps, alpha, batch, bounds, steps: int = STEPS) -> Fn:
     from art.attacks.evasion import ProjectedGradientDescent
 
     classifier = art_classifier(model, x, bounds)
@@ -378,7 +383,7 @@ def art_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
         norm=np.inf,
         eps=eps,
         eps_step=alpha,
-        max_iter=STEPS,
+        max_iter=steps,
         num_random_init=1,
         batch_size=batch,
         verbose=False,
@@ -392,11 +397,11 @@ def art_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
     return run
 
 
-def foolbox_eval(model, x, y, eps, alpha, batch, bounds) -> Fn:
+def foolbox_eval(model, x, y, eps, alpha, batch, bounds, steps: int = STEPS) -> Fn:
     import foolbox as fb
 
     fmodel = fb.PyTorchModel(model, bounds=bounds, device=x.device)
-    attack = fb.attacks.LinfPGD(steps=STEPS, abs_stepsize=alpha, random_start=True)
+    attack = fb.attacks.LinfPGD(steps=steps, abs_stepsize=alpha, random_start=True)
 
     def run() -> float:
         robust = torch.zeros((), dtype=torch.long, device=x.device)
@@ -418,6 +423,17 @@ WHAT = {
 }
 
 
+def what(tool: str, steps: int, device: torch.device) -> str:
+    """The row's description; robench's bf16 row says when bf16 ran as fp32 (no native bf16:
+    robench.precision.fastest)."""
+    from robench import precision
+
+    text = WHAT[tool].format(steps=steps)
+    if tool == FAST_ROBENCH and not precision.bf16_native(device):
+        text = "the same, channels_last (bf16 asked, fp32 used: no native bfloat16)"
+    return text
+
+
 def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[dict[str, Any]]:
     """One row per tool: its time, robust accuracy, and its time as a multiple of robench's in
     fp32 (``ratio_or_speedup``) and in bf16 + channels_last (``speedup_vs_fast``). A target is
@@ -433,7 +449,10 @@ def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[
     }
     if not has_torchattacks:
         del makers["torchattacks"], makers[FAST_TA]
-    fns = {tool: make(model, x, y, eps, alpha, batch, bounds) for tool, make in makers.items()}
+    fns = {
+        tool: make(model, x, y, eps, alpha, batch, bounds, steps=args.steps)
+        for tool, make in makers.items()
+    }
     clean = 100 * accuracy(model, x, y, batch)
     out = interleaved(fns, args.repeats, args.device)
     ours = {
@@ -447,7 +466,7 @@ def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[
             "section": "evaluation",
             "model": label,
             "tool": tool,
-            "what": WHAT[tool].format(steps=STEPS),
+            "what": what(tool, args.steps, args.device),
             "n": len(y),
             "eps": eps,
             "alpha": alpha,
@@ -731,7 +750,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     ap.add_argument("--n", type=int, default=1000, help="test images to evaluate on")
     ap.add_argument("--eps", type=float, default=0.1, help="L∞ budget")
-    ap.add_argument("--alpha", type=float, default=None, help="PGD step (default 2.5·ε/20)")
+    ap.add_argument("--alpha", type=float, default=None, help="PGD step (default 2.5·ε/steps)")
+    ap.add_argument(
+        "--steps", type=int, default=STEPS, help="evaluation section: PGD steps (default 20)"
+    )
     ap.add_argument("--train-eps", type=float, default=None, help="AT budget (default: --eps)")
     ap.add_argument("--batch", type=int, default=None, help="eval batch (500 CPU, 2000 CUDA)")
     ap.add_argument("--repeats", type=int, default=5)
@@ -753,7 +775,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
     args.device = resolve_device(args.device)
-    args.alpha = args.alpha if args.alpha is not None else 2.5 * args.eps / STEPS
+    args.alpha = args.alpha if args.alpha is not None else 2.5 * args.eps / args.steps
     args.train_eps = args.train_eps if args.train_eps is not None else args.eps
     args.batch = args.batch or (2000 if args.device.type == "cuda" else 500)
     args.contract_batch = args.contract_batch or (512 if args.device.type == "cuda" else 32)
