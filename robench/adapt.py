@@ -86,5 +86,6 @@ def iteration_cost(params: Params, *, single_step: bool, gradient_free: bool) ->
     else:
         steps = [values[k] for k in _ITERATIONS if isinstance(values.get(k), int)]
         cost = float(steps[0]) if steps else 1000.0
-        cost *= max([values[k] for k in _RESTARTS if isinstance(values.get(k), int)] or [1])
+        # restarts: ART's num_random_init = 0 is one run without a random start, not none
+        cost *= max([1] + [values[k] for k in _RESTARTS if isinstance(values.get(k), int)])
     return cost / 3 if gradient_free else cost

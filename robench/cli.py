@@ -448,6 +448,34 @@ _flagged = click.option(
 )
 
 
+@main.group()
+def plugin() -> None:
+    """Tools for plugin authors."""
+
+
+@plugin.command(name="new")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "parent",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    help="Where to create it (default: here).",
+)
+def plugin_new(name: str, parent: Path) -> None:
+    """Write a working plugin distribution NAME/: one attack, its contract test (robench.testing),
+    pyproject.toml with the robench entry point, and a benchmark that uses it."""
+    from robench.errors import ConfigError
+    from robench.template import new_plugin
+
+    try:
+        folder = new_plugin(name, parent)
+    except ConfigError as exc:
+        raise _config_error(exc) from None
+    module = folder.name.replace("-", "_").lower()
+    click.echo(f"wrote {folder}: pip install -e {folder} && robench list '{module}.*'")
+
+
 @main.command()
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write it to a file."

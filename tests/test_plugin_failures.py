@@ -342,7 +342,7 @@ def test_validate_goes_on_past_plugins_the_benchmark_does_not_use(fake_site, tmp
         'name = "b"\n[dataset]\nname = "digits"\n[model]\nname = "small-cnn"\n'
         '[[defenses]]\nname = "standard"\n[[attacks]]\nname = "raiser.pgd"\neps = [0.1]\n'
     )
-    only_raiser = "art,foolbox,brokenimport,dup,typo"
+    only_raiser = "art,foolbox,torchattacks,brokenimport,dup,typo"
     used = _robench(fake_site, "validate", str(bench), block=only_raiser)
     assert used.returncode == 2
     assert used.stdout == ""

@@ -1,5 +1,5 @@
-"""The plugin guide's (docs/plugins.md) "Writing a plugin" example is complete: it builds, installs an entry point and
-runs under robench without leaving the ε-ball or the bounds."""
+"""The plugin guide's (docs/plugins.md) "Writing a plugin" example is complete: it builds,
+installs an entry point and runs under robench without leaving the ε-ball or the bounds."""
 
 from __future__ import annotations
 
