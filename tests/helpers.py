@@ -121,8 +121,6 @@ def install_plugin(root, package: str, source: str, distribution: str, entry_poi
     """Build and install a one-module plugin distribution (version 0.0.1, entry point
     ``entry_point = package`` in the ``robench`` group) into ``root/site``; returns that folder
     (put it on ``sys.path`` / ``PYTHONPATH`` to install it). Installing again replaces it."""
-    import subprocess
-    import sys
     import textwrap
 
     pkg = root / "src"
@@ -144,7 +142,15 @@ def install_plugin(root, package: str, source: str, distribution: str, entry_poi
             """
         )
     )
-    site = root / "site"
+    return pip_install(pkg, root / "site")
+
+
+def pip_install(project, site):
+    """``pip install`` the project folder into ``site`` (``--target``: no venv touched, no
+    index, no build isolation); returns ``site``."""
+    import subprocess
+    import sys
+
     subprocess.run(
         [
             sys.executable,
@@ -158,7 +164,7 @@ def install_plugin(root, package: str, source: str, distribution: str, entry_poi
             "--upgrade",
             "--target",
             str(site),
-            str(pkg),
+            str(project),
         ],
         check=True,
         capture_output=True,

@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from robench.cli import main
+from tests.helpers import pip_install
 
 
 @pytest.mark.slow
@@ -21,24 +22,7 @@ def test_a_new_plugin_installs_passes_its_tests_and_runs(tmp_path):
     folder = tmp_path / "my-attacks"
     lines = sum(len(p.read_text().splitlines()) for p in folder.rglob("*") if p.is_file())
     assert lines < 150  # small enough to read in a minute
-    site = tmp_path / "site"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--no-index",
-            "--no-build-isolation",
-            "--target",
-            str(site),
-            str(folder),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    site = pip_install(folder, tmp_path / "site")
     env = {**os.environ, "PYTHONPATH": str(site), "ROBENCH_CATALOGUE": str(tmp_path / "c.json")}
     tests = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
