@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {label:24s} train {train / 60:7.1f}  eval {ev / 60:6.1f}")
     total = sum(t + e for t, e in costs.values())
     longest = max(t + e for t, e in costs.values())
-    rows = []
+    rows, one = [], makespan(bench, costs, 1)
     for g in (int(x) for x in args.gpus.split(",")):
         span = makespan(bench, costs, g)
         bound = max(total / g, longest)
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
                 "gpus": g,
                 "makespan_h": round(span / 3600, 2),
                 "lower_bound_h": round(bound / 3600, 2),
-                "speedup": round(makespan(bench, costs, 1) / span, 2),
+                "speedup": round(one / span, 2),
                 "costs": source,
             }
         )

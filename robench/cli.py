@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from robench.cli_common import (  # noqa: F401  (EXIT_*: part of this module's interface)
-    EXIT_CONFIG,
+from robench.cli_common import (
     EXIT_FAILED_CELLS,
     _config_error,
     _debug,

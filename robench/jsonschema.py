@@ -48,19 +48,20 @@ def benchmark_schema(registry: Registry) -> dict[str, Any]:
     refs, top = models_json_schema(models, ref_template="#/$defs/{model}")
     defs: dict[str, Any] = top.get("$defs", {})
 
-    def resolved(model: type[BaseModel]) -> dict[str, Any]:
-        return defs[refs[(model, "validation")]["$ref"].rsplit("/", 1)[1]]
+    def name(model: type[BaseModel]) -> str:  # its key in $defs
+        return refs[(model, "validation")]["$ref"].rsplit("/", 1)[1]
 
-    schema = copy.deepcopy(resolved(BenchmarkFile))
-    schema["properties"]["training"] = _ref(_name(refs, TrainingConfig))
+    training = _ref(name(TrainingConfig))
+    schema = copy.deepcopy(defs[name(BenchmarkFile)])
+    schema["properties"]["training"] = training
     for kind, table in TABLES.items():
         base = defs[table.__name__]
         variants = []
         for e in entries[kind]:
-            params = resolved(e.cls.Params)
+            params = defs[name(e.cls.Params)]
             own = {k: v for k, v in base.get("properties", {}).items() if k != "name"}
             if kind == "defense":
-                own["training"] = _ref(_name(refs, TrainingConfig))
+                own["training"] = training
                 own["model"] = _ref("ModelTable")
             variants.append(
                 {
@@ -90,7 +91,3 @@ def benchmark_schema(registry: Registry) -> dict[str, Any]:
     schema["$schema"] = SCHEMA_URI
     schema["title"] = "robench benchmark"
     return schema
-
-
-def _name(refs: dict, model: type[BaseModel]) -> str:
-    return refs[(model, "validation")]["$ref"].rsplit("/", 1)[1]

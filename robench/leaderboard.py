@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -61,16 +62,23 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else np.nan
 
 
-def _count(w: pd.DataFrame) -> tuple[int, int] | None:
-    """(examples robust, examples scored) of a worst-case row (None without one). Tables
+def row_count(n_correct: Any, n_examples: Any, accuracy: Any) -> tuple[int, int] | None:
+    """(examples robust, examples scored) of one results row (None without examples). Tables
     without ``n_correct`` get it from the accuracy."""
-    if not len(w) or pd.isna(w["n_examples"].iloc[0]):
+    if pd.isna(n_examples) or int(n_examples) <= 0:
         return None
-    n = int(w["n_examples"].iloc[0])
+    n = int(n_examples)
+    if pd.isna(n_correct):
+        return round(float(accuracy) * n), n
+    return int(n_correct), n
+
+
+def _count(w: pd.DataFrame) -> tuple[int, int] | None:
+    """:func:`row_count` of a worst-case row (None without one)."""
+    if not len(w):
+        return None
     k = w["n_correct"].iloc[0] if "n_correct" in w else np.nan
-    if pd.isna(k):
-        k = round(float(w["accuracy"].iloc[0]) * n)
-    return (int(k), n) if n > 0 else None
+    return row_count(k, w["n_examples"].iloc[0], w["accuracy"].iloc[0])
 
 
 def _interval(runs: list[dict]) -> dict[str, object]:

@@ -312,8 +312,9 @@ class _Loader:
     ):
         """Import (``load()``) and register one plugin; record a failure instead of raising.
         A plugin whose ``key`` the catalogue cache holds is listed from it, not imported."""
-        record = self.cache.get(name, key) if name is not None else None
-        if record is not None and key is not None and name is not None:
+        record = self.cache.get(name, key) if name is not None else None  # None: key None
+        if record is not None:
+            assert name is not None and key is not None
             deferred = _Deferred(load, name, dist, version, builtin, record, key)
             self.deferred[name] = deferred
             self.sources.append(deferred)

@@ -156,7 +156,7 @@ def _collate(items: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack(images), torch.as_tensor([int(label) for _, label in items])
 
 
-def split_digest(names: Sequence[str], labels: Sequence[int], settings: str) -> str:
+def files_digest(names: Sequence[str], labels: Sequence[int], settings: str) -> str:
     """SHA-256 of a split's file names, labels and decoding settings."""
     h = hashlib.sha256(settings.encode())
     for name, label in zip(names, labels, strict=True):

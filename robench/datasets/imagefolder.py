@@ -20,7 +20,7 @@ from torch.utils.data import Dataset as TorchDataset
 from robench.dataset import Dataset, DatasetInfo, Split
 from robench.errors import ConfigError
 from robench.plugin import Params
-from robench.streamed import StreamedData, split_digest
+from robench.streamed import StreamedData, files_digest
 
 PosFloat = Annotated[float, Field(gt=0)]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -132,6 +132,10 @@ class ImageFolder(Dataset):
 
     def check(self, root: Path) -> None:
         """Cheap: lists the class folders of both splits (no image is read)."""
+        self._checked_classes(root)
+
+    def _checked_classes(self, root: Path) -> list[str]:
+        """The class folders, the same in both splits (else ConfigError)."""
         train, test = self._classes(root, "train"), self._classes(root, "test")
         if train != test:
             only = sorted(set(train) ^ set(test))
@@ -140,6 +144,7 @@ class ImageFolder(Dataset):
                 f"({', '.join(only[:5])}{' …' if len(only) > 5 else ''} in one only): "
                 f"{self._dir(root, 'train')} vs {self._dir(root, 'test')}"
             )
+        return train
 
     def _settings(self) -> str:
         p = self.params
@@ -147,11 +152,15 @@ class ImageFolder(Dataset):
 
     def load(self, split: Split, root: Path) -> StreamedData:
         """The split's file list and labels; images are decoded when read."""
+        self.check(root)
+        return self._split(root, split)
+
+    def _split(self, root: Path, split: Split) -> StreamedData:
+        """The split's file list (one walk of its folder), its folders checked already."""
         from torchvision import transforms
         from torchvision.datasets import ImageFolder as TorchvisionImageFolder
         from torchvision.datasets.folder import default_loader
 
-        self.check(root)
         p, path = self.params, self._dir(root, split)
         transform = transforms.Compose(
             [
@@ -166,15 +175,14 @@ class ImageFolder(Dataset):
         except (FileNotFoundError, OSError) as exc:
             raise ConfigError(f"imagefolder {split} folder {path}: {exc}") from None
         names = [os.path.relpath(f, path) for f, _ in source.samples]
-        digest = split_digest(names, source.targets, self._settings())
+        digest = files_digest(names, source.targets, self._settings())
         return StreamedData(_Images(source), source.targets, digest=digest, workers=p.workers)
 
     def info(self, root: Path) -> DatasetInfo:
         """Lists both splits' files (no image is decoded)."""
         p = self.params
-        classes = self._classes(root, "train")
-        self.check(root)
-        test = self.load("test", root)
+        classes = self._checked_classes(root)
+        test = self._split(root, "test")
         gray = p.channels == 1
         mean = p.mean or ((0.5,) if gray else IMAGENET_MEAN)
         std = p.std or ((0.5,) if gray else IMAGENET_STD)

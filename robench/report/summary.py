@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from robench.leaderboard import build_leaderboard
+from robench.leaderboard import build_leaderboard, row_count
 from robench.report.data import ReportError, uses_255
 from robench.stats import seed_interval
 
@@ -59,13 +59,9 @@ class Summary:
 def _counts(g: pd.DataFrame) -> list[tuple[int, int]]:
     """(correct, examples) of each ok row of ``g`` (from the accuracy where a table has no
     ``n_correct``)."""
-    out = []
-    for k, n, acc in zip(g["n_correct"], g["n_examples"], g["accuracy"], strict=True):
-        if pd.isna(n) or int(n) <= 0 or pd.isna(acc):
-            continue
-        k = round(float(acc) * int(n)) if pd.isna(k) else int(k)
-        out.append((k, int(n)))
-    return out
+    rows = zip(g["n_correct"], g["n_examples"], g["accuracy"], strict=True)
+    counts = [row_count(k, n, acc) for k, n, acc in rows if not pd.isna(acc)]
+    return [c for c in counts if c is not None]
 
 
 def aggregate(results: pd.DataFrame) -> pd.DataFrame:
