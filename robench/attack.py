@@ -43,18 +43,16 @@ import math
 from abc import abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, final
+from typing import ClassVar, final
 
 import torch
 from torch import nn
 
+from robench.bases import AttackBase
 from robench.errors import ContractError
-from robench.plugin import Params, Plugin
+from robench.plugin import Params
 from robench.snapshot import ModelSnapshot
-from robench.threat import NORMS, TOLERANCE, Norm, ThreatModel
-
-if TYPE_CHECKING:  # pragma: no cover
-    from robench.dataset import DatasetInfo
+from robench.threat import TOLERANCE, ThreatModel
 
 
 @dataclass(frozen=True)
@@ -68,12 +66,13 @@ class Crafted:
     max_excess: float
 
 
-class Attack(Plugin):
-    """Base class of attack plugins. Subclasses implement :meth:`run`."""
+class Attack(AttackBase):
+    """Base class of attack plugins. Subclasses implement :meth:`run`.
 
-    kind: ClassVar[str] = "attack"
-    #: the norms this attack can work in
-    norms: ClassVar[tuple[Norm, ...]] = NORMS
+    ``norms`` (the norms it can work in, default both) and :meth:`check` (its parameters
+    against the dataset, before anything runs) come from :class:`robench.bases.AttackBase`.
+    """
+
     #: a minimisation attack: ignores ε and returns the smallest adversarial it finds
     minimizes: ClassVar[bool] = False
     #: one gradient step (FGSM and the like): an iterative attack should be at least as strong
@@ -102,13 +101,6 @@ class Attack(Plugin):
                 f"(supports {', '.join(self.norms)})"
             )
         self.threat = threat
-
-    @classmethod
-    def check(cls, params: Params, info: DatasetInfo) -> None:
-        """Raise :class:`~robench.errors.ConfigError` (``field``: the parameter at fault) if
-        ``params`` cannot work on the dataset ``info`` describes, e.g. more target classes than
-        it has. ``robench run`` and ``robench validate`` call it before anything runs; the
-        default accepts everything."""
 
     def fooled_by(self) -> dict[str, int]:
         """An ensemble (such as ``autoattack``): for each of its components, how many examples it

@@ -38,14 +38,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from robench.attack import attack_mode
+from robench.schema import SANITY_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     from robench.config import AttackUse, Benchmark
     from robench.dataset import DatasetInfo
     from robench.registry import Registry
 
-#: labels of the sanity attacks start with this
-SANITY_PREFIX = "sanity:"
 #: the large budget, as a share of the data range, at which PGD must reach chance
 LARGE_EPS = 0.5
 #: the label of the sanity PGD at that budget

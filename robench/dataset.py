@@ -4,38 +4,20 @@ memory (:class:`Data`) or read from disk as they are used (:class:`~robench.stre
 
 from __future__ import annotations
 
-import os
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, TypeAlias
+from typing import Literal, TypeAlias
 
 import torch
 
-from robench.plugin import Plugin
+from robench.bases import DatasetBase, DatasetInfo, unwritable_dir
 from robench.streamed import StreamedData
 
+__all__ = ["Data", "Dataset", "DatasetInfo", "Split", "SplitData", "unwritable_dir"]
+
 Split = Literal["train", "test"]
-
-
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What a model needs to know about a dataset."""
-
-    name: str
-    #: (channels, height, width)
-    shape: tuple[int, int, int]
-    num_classes: int
-    #: per-channel statistics for the model's input normalisation
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    bounds: tuple[float, float] = (0.0, 1.0)
-    #: provenance of the data actually read (recorded with every result)
-    note: str = ""
-    #: the number of test examples, where known without loading the split (None: unknown);
-    #: a benchmark's explicit ``[evaluation] n_examples`` is checked against it
-    test_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -71,14 +53,12 @@ class Data:
 SplitData: TypeAlias = Data | StreamedData
 
 
-class Dataset(Plugin):
-    """Base class of dataset plugins. Subclasses implement :meth:`info` and :meth:`load`."""
+class Dataset(DatasetBase):
+    """Base class of dataset plugins. Subclasses implement :meth:`info` and :meth:`load`.
 
-    kind: ClassVar[str] = "dataset"
-
-    @abstractmethod
-    def info(self, root: Path) -> DatasetInfo:
-        """Describe the data (cheaply: without loading every example if possible)."""
+    :meth:`info` and :meth:`check` (the data's presence, before anything trains) come from
+    :class:`robench.bases.DatasetBase`.
+    """
 
     @abstractmethod
     def load(self, split: Split, root: Path) -> SplitData:
@@ -87,32 +67,7 @@ class Dataset(Plugin):
         Return a :class:`Data` (in memory) or, for data that need not or cannot be held in
         memory, a :class:`~robench.streamed.StreamedData` (read from disk as it is used)."""
 
-    def check(self, root: Path) -> None:
-        """Raise :class:`~robench.errors.ConfigError` if the data cannot be read from ``root``.
-
-        Called while a benchmark is validated, before anything trains, and without downloading
-        anything. The default calls :meth:`info`.
-        """
-        self.info(root)
-
     def prepare(self, root: Path) -> None:
         """Fetch what :meth:`load` needs (e.g. download the files) under ``root``; raise
         :class:`~robench.errors.ConfigError` if that fails. Called by ``robench run`` after
         :meth:`check`, before loading. The default does nothing."""
-
-
-def unwritable_dir(path: Path) -> str | None:
-    """Why a folder cannot be made or written at ``path`` (None if it can): ``path`` is a
-    writable directory, or the nearest of its ancestors that exists is one (checked without
-    creating anything)."""
-    path = Path(path).expanduser().absolute()
-    probe = path
-    while not probe.exists():
-        if probe.is_symlink():
-            return f"{probe} is a broken symbolic link"
-        probe = probe.parent
-    if not probe.is_dir():
-        return f"{probe} is not a directory" if probe == path else f"{probe} is a file"
-    if not os.access(probe, os.W_OK | os.X_OK):
-        return f"{probe} is not writable"
-    return None

@@ -6,14 +6,14 @@ import dataclasses
 from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robench.bases import DefenseBase
 from robench.dataset import Data, DatasetInfo
-from robench.plugin import Plugin
 from robench.training import LossFn, ProgressFn, TrainingConfig, train_loop
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -85,17 +85,11 @@ class TrainContext:
         return F.cross_entropy(logits, y, label_smoothing=self.training.label_smoothing)
 
 
-class Defense(Plugin):
-    """Base class of defense plugins. Subclasses implement :meth:`fit`."""
+class Defense(DefenseBase):
+    """Base class of defense plugins. Subclasses implement :meth:`fit`.
 
-    kind: ClassVar[str] = "defense"
-    #: False for a defense that loads a model trained elsewhere (``checkpoint``): ``fit`` then
-    #: trains nothing, and the training settings do not apply to it
-    trains: ClassVar[bool] = True
-    #: training settings this defense uses unless the benchmark sets them (e.g. Fast AT's
-    #: ``{"schedule": "cyclic"}``); applied when a benchmark is loaded (so results record them)
-    #: and by :meth:`TrainContext.with_training_defaults` in the defense's own ``fit``
-    training_defaults: ClassVar[dict[str, Any]] = {}
+    ``trains`` and ``training_defaults`` come from :class:`robench.bases.DefenseBase`.
+    """
 
     @abstractmethod
     def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:

@@ -13,68 +13,13 @@ brought no better one.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 from torch import nn
 
-from robench.specs import Epsilon, NormName, parse_eps
 from robench.threat import ThreatModel
-
-#: a PGD step: a positive number or a fraction string such as "2/255"
-Step = Annotated[float, BeforeValidator(parse_eps), Field(gt=0, allow_inf_nan=False)]
-
-
-class BestCheckpoint(BaseModel):
-    """The ``best_checkpoint`` table of ``[training]``, e.g.
-    ``best_checkpoint = { held_out = 1000, eps = "8/255", steps = 10 }``."""
-
-    model_config = ConfigDict(frozen=True)
-
-    held_out: int = Field(
-        1000,
-        ge=1,
-        description="training examples held out of training (a seeded random subset of those "
-        "it would use) to pick the best epoch on",
-    )
-    norm: NormName = "linf"
-    eps: Epsilon = Field(
-        description="the PGD budget of the held-out accuracy (0: the best epoch by clean accuracy)"
-    )
-    steps: int = Field(10, ge=1, description="PGD steps")
-    step_size: Step | None = Field(
-        None, description="PGD step (default eps/4: Rice et al.'s 2/255 at 8/255)"
-    )
-    random_start: bool = Field(
-        True, description="start PGD at a uniform random point of the ball (the same every epoch)"
-    )
-    patience: int | None = Field(
-        None,
-        ge=1,
-        description="stop training after this many epochs without a better one (unset: train "
-        "every epoch)",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            from robench.registry import did_you_mean
-
-            known = list(cls.model_fields)
-            for key in data:
-                if key not in known:
-                    raise ValueError(
-                        f"no key {key!r}{did_you_mean(str(key), known)} "
-                        f"(accepted: {', '.join(known)})"
-                    )
-        return data
-
-    @property
-    def alpha(self) -> float:
-        """The PGD step."""
-        return self.step_size if self.step_size is not None else self.eps / 4
+from robench.training_config import BestCheckpoint
 
 
 def split_held_out(

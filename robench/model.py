@@ -4,14 +4,11 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
 
 import torch
 from torch import nn
 
-from robench.dataset import DatasetInfo
-from robench.errors import ConfigError
-from robench.plugin import Plugin
+from robench.bases import DatasetInfo, ModelBase
 
 
 class Normalize(nn.Module):
@@ -31,21 +28,12 @@ def input_layers(info: DatasetInfo, normalize: bool) -> list[nn.Module]:
     return [Normalize(info.mean, info.std)] if normalize else []
 
 
-class Model(Plugin):
-    """Base class of model plugins. Subclasses implement :meth:`build`."""
+class Model(ModelBase):
+    """Base class of model plugins. Subclasses implement :meth:`build`.
 
-    kind: ClassVar[str] = "model"
-    #: input shapes (C, H, W) this model accepts; None means any
-    input_shapes: ClassVar[tuple[tuple[int, int, int], ...] | None] = None
-
-    def check(self, info: DatasetInfo) -> None:
-        """Raise :class:`ConfigError` if this model cannot take the dataset's inputs."""
-        if self.input_shapes is not None and info.shape not in self.input_shapes:
-            shapes = " or ".join("×".join(map(str, s)) for s in self.input_shapes)
-            got = "×".join(map(str, info.shape))
-            raise ConfigError(
-                f"model {self.name!r} takes {shapes} inputs, but dataset {info.name!r} has {got}"
-            )
+    ``input_shapes`` and :meth:`check` (the dataset's inputs against the model, before
+    anything trains) come from :class:`robench.bases.ModelBase`.
+    """
 
     @abstractmethod
     def build(self, info: DatasetInfo) -> nn.Module:

@@ -20,12 +20,10 @@ import contextlib
 import warnings
 from collections.abc import Iterator
 from contextvars import ContextVar
-from typing import Literal
 
 import torch
 
-#: ``fp32``: the model's own precision; ``bf16``: bfloat16 autocast.
-Precision = Literal["fp32", "bf16"]
+from robench.specs import Precision  # ``fp32``: the model's own precision; ``bf16``: autocast
 
 _ATTACK_DTYPE: ContextVar[torch.dtype | None] = ContextVar("robench_attack_dtype", default=None)
 

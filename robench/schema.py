@@ -8,8 +8,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator
 
-from robench.precision import Precision
-from robench.specs import EPS_SCHEMA, Epsilon, NormName
+from robench.specs import EPS_SCHEMA, Epsilon, NormName, Precision
+
+#: labels of the sanity attacks start with this (:mod:`robench.checks`): no attack of a
+#: benchmark file may take one
+SANITY_PREFIX = "sanity:"
 
 _Strict = ConfigDict(extra="forbid")
 _WithParams = ConfigDict(extra="allow")

@@ -1,10 +1,11 @@
-"""Small typed values shared by the benchmark format and plugins' parameters."""
+"""Small typed values shared by the benchmark format and plugins' parameters (no torch: what
+``robench validate`` imports)."""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -15,7 +16,12 @@ from pydantic import (
     model_validator,
 )
 
-from robench.threat import Norm
+#: a threat model's norm (:class:`robench.threat.ThreatModel`)
+Norm = Literal["linf", "l2"]
+NORMS: tuple[Norm, ...] = ("linf", "l2")
+#: how an evaluation or a training computes: ``fp32``, the model's own precision; ``bf16``,
+#: bfloat16 autocast (:mod:`robench.precision`)
+Precision = Literal["fp32", "bf16"]
 
 _FRACTION = re.compile(r"^\s*([0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
 _NORM_ALIASES = {"linf": "linf", "inf": "linf", "l_inf": "linf", "l2": "l2", "2": "l2"}

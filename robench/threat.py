@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
-Norm = Literal["linf", "l2"]
-NORMS: tuple[Norm, ...] = ("linf", "l2")
+from robench.specs import NORMS, Norm
 
 #: Slack allowed on the ε-ball before a perturbation counts as a violation.
 TOLERANCE = 1e-6
