@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from robench.bases import DatasetInfo
+from robench.datasets.bases import DIGITS, DIGITS_STATS, DigitsBase, digits_split
 from robench.datasets.cifar10 import CIFAR10
 from robench.datasets.digits import Digits
 from robench.datasets.mnist import MNIST
@@ -37,6 +39,35 @@ def test_digits_shapes_range_and_info():
         assert d.x.min() >= 0 and d.x.max() == 1
     assert info.mean[0] == pytest.approx(train.x.mean().item(), abs=1e-4)
     assert info.std[0] == pytest.approx(train.x.std().item(), abs=1e-3)
+
+
+@pytest.mark.parametrize(("test_fraction", "split_seed"), sorted(DIGITS_STATS))
+def test_digits_known_info_is_what_the_data_gives(test_fraction, split_seed):
+    # validate describes these splits without scikit-learn: the same description, exactly, as
+    # measuring the split gives (the statistics normalise every model's inputs)
+    split = digits_split(test_fraction, split_seed)
+    x, y_test = split["train"][0], split["test"][1]
+    measured = DatasetInfo(
+        name="digits",
+        shape=tuple(x.shape[1:]),
+        num_classes=len(np.unique(np.concatenate([split["train"][1], y_test]))),
+        mean=(float(x.mean()),),
+        std=(float(x.std()),),
+        note="scikit-learn load_digits (UCI optdigits test set), exact; "
+        f"stratified split test_fraction={test_fraction}, seed={split_seed}",
+        test_size=len(y_test),
+    )
+    assert len(x) + len(y_test) == DIGITS
+    assert DigitsBase(test_fraction=test_fraction, split_seed=split_seed).info(None) == measured
+    assert Digits(test_fraction=test_fraction, split_seed=split_seed).info(None) == measured
+    assert float(x.min()) == 0.0 and float(x.max()) == 1.0  # the bounds DatasetInfo gives
+
+
+def test_digits_other_splits_are_measured():
+    info = Digits(test_fraction=0.1, split_seed=3).info(None)
+    split = digits_split(0.1, 3)
+    assert info.test_size == len(split["test"][1]) == 180
+    assert info.mean == (float(split["train"][0].mean()),)
 
 
 def test_digits_split_is_deterministic_stratified_and_seeded():

@@ -28,13 +28,11 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from robench import chunks, precision
 from robench.attacks._common import Ball
 from robench.attacks.pgd import _confirmed, _near_boundary
-from robench.plugin import Params
 from robench.threat import ThreatModel
 
 #: the loss APGD maximises: cross-entropy, DLR, or targeted DLR (needs a target per example)
@@ -55,35 +53,6 @@ class Outcome(NamedTuple):
     x_adv: torch.Tensor
     #: examples the model, in full precision, misclassifies at ``x_adv``
     fooled: torch.Tensor
-
-
-class APGDParams(Params):
-    """The parameters ``apgd`` and ``apgd-t`` share."""
-
-    steps: int = Field(100, ge=1, description="iterations per run (the paper's N)")
-    restarts: int = Field(
-        1, ge=1, description="runs from random starts, after the first only on unfooled"
-    )
-    rho: float = Field(
-        0.75,
-        gt=0,
-        le=1,
-        description="halve the step when the loss rose in fewer than this fraction of the "
-        "steps since the last checkpoint",
-    )
-    early_stop: bool = Field(
-        True,
-        description="a fooled example stops costing steps (it keeps its adversarial point)",
-    )
-    eot_iter: int = Field(
-        1,
-        ge=1,
-        description="gradient passes averaged per step (EOT, for randomised defenses)",
-    )
-
-    def run_settings(self) -> dict[str, int | float | bool]:
-        """These parameters as keyword arguments of :func:`apgd_outcome`/:func:`apgdt_outcome`."""
-        return {name: getattr(self, name) for name in APGDParams.model_fields}
 
 
 # --- the schedule -----------------------------------------------------------------------------

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robench import chunks
+from robench.attacks.bases import LossName
 from robench.precision import gradient_autocast
 from robench.threat import ThreatModel
-
-#: The loss an attack maximises: cross-entropy, or the Carlini–Wagner logit margin
-#: ``max_{j≠y} z_j − z_y`` (positive exactly when the example is misclassified).
-LossName = Literal["ce", "margin"]
 
 #: Guards the per-example L2 normalisation against zero gradients.
 _TINY = 1e-12
@@ -137,16 +132,3 @@ class Ball:
             else:
                 direction = grad.div_(_per_example(_l2(grad).clamp_(min=_TINY), grad))
             return self.project_(x_adv.detach().add(direction, alpha=alpha))
-
-
-def check_target_classes(attack: str, n_target_classes: int, num_classes: int) -> None:
-    """Refuse more target classes than a dataset of ``num_classes`` classes has besides the
-    true one (a :class:`~robench.errors.ConfigError` naming ``n_target_classes``)."""
-    from robench.errors import ConfigError
-
-    if n_target_classes > num_classes - 1:
-        raise ConfigError(
-            f"{n_target_classes} exceeds the number of classes minus one ({num_classes - 1}) "
-            f"for attack {attack!r}",
-            field="n_target_classes",
-        )

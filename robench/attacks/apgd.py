@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
 from robench.attack import Attack
-from robench.attacks._apgd import APGDParams, apgd_outcome
-from robench.plugin import Params
+from robench.attacks._apgd import apgd_outcome
+from robench.attacks.bases import APGDBase
 
 
-class APGD(Attack):
+class APGD(APGDBase, Attack):
     """Auto-PGD (Croce & Hein 2020): momentum PGD with a step size that halves when stuck.
 
     The first of AutoAttack's attacks (APGD-CE; APGD-DLR in its "rand" version), following the
@@ -52,15 +49,7 @@ class APGD(Attack):
     forward pass per example.
     """
 
-    name = "apgd"
-    norms = ("linf", "l2")
-
-    class Params(APGDParams):
-        loss: Literal["ce", "dlr"] = Field(
-            "ce", description="loss to maximise: cross-entropy or the difference of logits ratio"
-        )
-
-    params: Params
+    params: APGDBase.Params
 
     def cost(self) -> float:
         p = self.params

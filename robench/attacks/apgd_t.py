@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-from pydantic import Field
 from torch import nn
 
 from robench.attack import Attack
-from robench.attacks._apgd import APGDParams, apgdt_outcome
-from robench.attacks._common import check_target_classes
-from robench.plugin import Params
-
-if TYPE_CHECKING:  # pragma: no cover
-    from robench.dataset import DatasetInfo
+from robench.attacks._apgd import apgdt_outcome
+from robench.attacks.bases import APGDTBase
 
 
-class APGDT(Attack):
+class APGDT(APGDTBase, Attack):
     """Targeted Auto-PGD (Croce & Hein 2020): APGD towards each of the top other classes.
 
     AutoAttack's APGD-T. The classes are ranked by the model's clean logits; for each target
@@ -35,19 +28,7 @@ class APGDT(Attack):
     example.
     """
 
-    name = "apgd-t"
-    norms = ("linf", "l2")
-
-    class Params(APGDParams):
-        n_target_classes: int = Field(
-            9, ge=1, description="target classes: the 2nd to (n+1)-th highest clean logits"
-        )
-
-    params: Params
-
-    @classmethod
-    def check(cls, params: Params, info: DatasetInfo) -> None:
-        check_target_classes(cls.name, params.n_target_classes, info.num_classes)
+    params: APGDTBase.Params
 
     def cost(self) -> float:
         p = self.params

@@ -3,30 +3,17 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from robench import chunks, precision
 from robench.attack import Attack
-from robench.attacks._common import check_target_classes
-from robench.plugin import Params
-
-if TYPE_CHECKING:  # pragma: no cover
-    from robench.dataset import DatasetInfo
-
-Version = Literal["standard", "rand"]
-
-#: the components of each version, in the order they run
-COMPONENTS: dict[str, tuple[str, ...]] = {
-    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-    "rand": ("apgd-ce", "apgd-dlr"),
-}
+from robench.attacks.bases import AutoAttackBase, chosen_components
 
 
-class AutoAttack(Attack):
+class AutoAttack(AutoAttackBase, Attack):
     """AutoAttack: APGD-CE, APGD-T, FAB-T and Square, each on what the earlier left robust.
 
     The parameter-free ensemble of Croce & Hein (ICML 2020), built from robench's native
@@ -54,51 +41,18 @@ class AutoAttack(Attack):
     reproduces that configuration.
     """
 
-    name = "autoattack"
-    norms = ("linf", "l2")
     gradient_free_components = ("square",)
     example_params: ClassVar[dict[str, Any]] = {"steps": 5, "n_queries": 20, "n_target_classes": 2}
 
-    class Params(Params):
-        version: Version = Field(
-            "standard", description="'standard' (APGD-CE, APGD-T, FAB-T, Square) or 'rand'"
-        )
-        steps: int = Field(100, ge=1, description="iterations of APGD, APGD-T and FAB-T")
-        n_target_classes: int = Field(
-            9, ge=1, description="target classes of APGD-T and FAB-T (the highest-scoring)"
-        )
-        n_queries: int = Field(5000, ge=1, description="queries of Square")
-        eot_iter: int = Field(20, ge=1, description="'rand': gradient draws averaged per step")
-        components: list[str] | None = Field(
-            None, description="run only these of the version's components (default: all)"
-        )
-
-        @model_validator(mode="after")
-        def _known_components(self) -> AutoAttack.Params:
-            allowed = COMPONENTS[self.version]
-            if self.components is not None:
-                unknown = [c for c in self.components if c not in allowed]
-                if unknown or not self.components:
-                    raise ValueError(
-                        f"components of version {self.version!r} are {', '.join(allowed)}; "
-                        f"got {', '.join(unknown) if unknown else 'none'}"
-                    )
-            return self
-
-    params: Params
+    params: AutoAttackBase.Params
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._fooled: Counter[str] = Counter()
 
-    @classmethod
-    def check(cls, params: Params, info: DatasetInfo) -> None:
-        if any(c in ("apgd-t", "fab-t") for c in _chosen(params)):
-            check_target_classes(cls.name, params.n_target_classes, info.num_classes)
-
     def component_names(self) -> tuple[str, ...]:
         """The components that run, in order."""
-        return _chosen(self.params)
+        return chosen_components(self.params)
 
     def components(self) -> list[tuple[str, Attack]]:
         """The component attacks, built for this attack's threat model, in run order."""
@@ -141,10 +95,6 @@ class AutoAttack(Attack):
             robust[todo[fooled]] = False
             self._fooled[name] += int(fooled.sum())
         return x_adv
-
-
-def _chosen(p: AutoAttack.Params) -> tuple[str, ...]:
-    return tuple(c for c in COMPONENTS[p.version] if p.components is None or c in p.components)
 
 
 def _correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

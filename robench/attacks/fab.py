@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from robench import chunks, precision
 from robench.attack import Attack
-from robench.attacks._common import check_target_classes
-from robench.plugin import Params
-
-if TYPE_CHECKING:  # pragma: no cover
-    from robench.dataset import DatasetInfo
+from robench.attacks.bases import FABBase
 
 #: Guards divisions by a norm (the distance to a hyperplane with a zero gradient).
 _TINY = 1e-12
@@ -29,7 +23,7 @@ _JACOBIAN_CHUNK = 1 << 25
 _ASSUMED_CLASSES = 10
 
 
-class FAB(Attack):
+class FAB(FABBase, Attack):
     """Fast adaptive boundary attack (Croce & Hein 2020): minimal adversarial perturbations.
 
     A minimisation attack, L∞ or L2: it looks for each example's adversarial point of smallest
@@ -77,43 +71,13 @@ class FAB(Attack):
     without attack are returned as they are (norm 0), as are those the attack never fools.
     """
 
-    name = "fab"
-    norms = ("linf", "l2")
     minimizes = True
 
-    class Params(Params):
-        steps: int = Field(100, ge=1, description="iterations per run (per restart and target)")
-        restarts: int = Field(
-            1, ge=1, description="runs per target; the first from the clean point, then random"
-        )
-        targeted: bool = Field(
-            False, description="FAB-T: aim at each of the n_target_classes likeliest other classes"
-        )
-        n_target_classes: int = Field(
-            9, ge=1, description="targeted: the highest-scoring other classes to aim at"
-        )
-        eta: float = Field(1.05, ge=1, allow_inf_nan=False, description="overshoot η ≥ 1")
-        alpha_max: float = Field(
-            0.1, ge=0, le=1, description="largest bias α of a step towards the clean point"
-        )
-        beta: float = Field(
-            0.9, gt=0, le=1, description="backward step towards the clean point when fooled"
-        )
-        early_stop: bool = Field(
-            True,
-            description="finite ε: an example is done once its best adversarial fits the ball",
-        )
-
-    params: Params
+    params: FABBase.Params
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._vectorized = True  # batched backward over the classes (falls back to a loop)
-
-    @classmethod
-    def check(cls, params: Params, info: DatasetInfo) -> None:
-        if params.targeted:
-            check_target_classes(cls.name, params.n_target_classes, info.num_classes)
 
     def cost(self) -> float:
         """Per step: a forward and one backward per other class (untargeted, assuming ten

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from robench.attack import Attack
-from robench.attacks._common import Ball, LossName, input_gradient
-from robench.plugin import Params
+from robench.attacks._common import Ball, input_gradient
+from robench.attacks.bases import FGSMBase
 
 
-class FGSM(Attack):
+class FGSM(FGSMBase, Attack):
     """Fast gradient sign method (Goodfellow et al. 2015): one gradient step, L∞ or L2.
 
     L∞: ``x + α·sign(∇ₓ loss)``; L2: ``x + α·∇ₓ loss / ‖∇ₓ loss‖₂`` (per example); then the
@@ -20,25 +19,9 @@ class FGSM(Attack):
     attack behind "Fast AT"), and the default step grows from ``α = ε`` to ``α = 1.25·ε``.
     """
 
-    name = "fgsm"
-    norms = ("linf", "l2")
     single_step = True
 
-    class Params(Params):
-        random_start: bool = Field(
-            False, description="start from a uniform random point of the ε-ball (FGSM-RS)"
-        )
-        rel_step: float | None = Field(
-            None,
-            gt=0,
-            allow_inf_nan=False,
-            description="step α as a multiple of ε; default 1.0, or 1.25 with random_start",
-        )
-        loss: LossName = Field(
-            "ce", description="loss to maximise: cross-entropy or the CW logit margin"
-        )
-
-    params: Params
+    params: FGSMBase.Params
 
     @property
     def step_size(self) -> float:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from robench import chunks
 from robench.attack import Attack
 from robench.attacks._common import Ball
-from robench.plugin import Params
+from robench.attacks.bases import NoiseBase
 
 
-class RandomNoise(Attack):
+class RandomNoise(NoiseBase, Attack):
     """Random noise on the ε-sphere (L∞: random ±ε signs; L2: a random direction of length ε).
 
     Draws ``samples`` noise vectors per example and keeps the first that fools the model. It
@@ -20,14 +19,9 @@ class RandomNoise(Attack):
     its gradients.
     """
 
-    name = "noise"
-    norms = ("linf", "l2")
     gradient_free = True
 
-    class Params(Params):
-        samples: int = Field(10, ge=1, description="noise draws per example")
-
-    params: Params
+    params: NoiseBase.Params
 
     def cost(self) -> float:
         return self.params.samples / 3  # forward passes only

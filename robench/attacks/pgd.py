@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from robench import chunks, precision
 from robench.attack import Attack
 from robench.attacks._common import (
     Ball,
-    LossName,
     gradient_and_logits,
     input_gradient,
     per_example_loss,
 )
-from robench.plugin import Params
+from robench.attacks.bases import PGDBase
 
 
-class PGD(Attack):
+class PGD(PGDBase, Attack):
     """Projected gradient descent (Madry et al. 2018): iterated gradient steps, L∞ or L2.
 
     Each step moves by ``α·sign(∇)`` (L∞) or ``α·∇/‖∇‖₂`` (L2) and projects back onto the ε-ball
@@ -34,40 +32,7 @@ class PGD(Attack):
     adversarial point it reached midway; the early-stopped run keeps it.
     """
 
-    name = "pgd"
-    norms = ("linf", "l2")
-
-    class Params(Params):
-        steps: int = Field(10, ge=1, description="gradient steps per restart")
-        rel_step: float | None = Field(
-            None,
-            gt=0,
-            allow_inf_nan=False,
-            description="step as a multiple of ε (default 2.5/steps); excludes step_size",
-        )
-        step_size: float | None = Field(
-            None, gt=0, allow_inf_nan=False, description="absolute step; excludes rel_step"
-        )
-        random_start: bool = Field(
-            True, description="start from a uniform random point of the ball"
-        )
-        restarts: int = Field(1, ge=1, description="random restarts; keeps each example's worst")
-        loss: LossName = Field(
-            "ce", description="loss to maximise: cross-entropy or the CW logit margin"
-        )
-        early_stop: bool = Field(
-            True,
-            description="stop attacking an example at the first point the model misclassifies "
-            "(it is adversarial there); false: every example takes every step",
-        )
-
-        @model_validator(mode="after")
-        def _one_step_rule(self) -> PGD.Params:
-            if self.rel_step is not None and self.step_size is not None:
-                raise ValueError("give either step_size or rel_step, not both")
-            return self
-
-    params: Params
+    params: PGDBase.Params
 
     @property
     def alpha(self) -> float:

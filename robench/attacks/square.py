@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from robench import chunks, precision
 from robench.attack import Attack
 from robench.attacks._common import per_example_loss
-from robench.plugin import Params
+from robench.attacks.bases import SquareBase
 
 #: Iterations (on a budget of 10 000 queries) after which the square's area halves.
 _HALVINGS = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -101,7 +100,7 @@ class _Windows:
         return both[torch.randint(0, 2, (m,), device=self.device)]
 
 
-class Square(Attack):
+class Square(SquareBase, Attack):
     """Square Attack (Andriushchenko et al. 2020): gradient-free random search with square updates.
 
     A score-based black-box attack: it only queries the model's logits (forward passes, no
@@ -148,30 +147,9 @@ class Square(Attack):
     pixels (any other shape, flattened), where the squares are single pixels.
     """
 
-    name = "square"
-    norms = ("linf", "l2")
     gradient_free = True
 
-    class Params(Params):
-        n_queries: int = Field(
-            5000,
-            ge=1,
-            description="queries (forward passes) per example and restart, the initial point "
-            "included",
-        )
-        p_init: float = Field(
-            0.8,
-            gt=0,
-            le=1,
-            allow_inf_nan=False,
-            description="fraction of each channel's pixels the first squares cover (halved on "
-            "the paper's schedule)",
-        )
-        restarts: int = Field(
-            1, ge=1, description="runs from fresh initial points, on the examples not yet fooled"
-        )
-
-    params: Params
+    params: SquareBase.Params
 
     def cost(self) -> float:
         # forward passes only (≈ 1/3 of a forward-backward); fooled examples stop early

@@ -8,7 +8,8 @@ from typing import Annotated
 from pydantic import Field, ValidationInfo, field_validator
 
 from robench.dataset import Data, Dataset, DatasetInfo, Split
-from robench.datasets._arrays import check_npz, load_npz, npz_entry
+from robench.datasets._arrays import load_npz
+from robench.datasets._headers import check_npz, npz_entry
 from robench.errors import ConfigError
 from robench.plugin import Params, benchmark_path
 

@@ -4,26 +4,10 @@ from __future__ import annotations
 
 import math
 
-from pydantic import Field
-
 from robench.attack import Attack
 from robench.dataset import Data
 from robench.defense import TrainContext
-from robench.plugin import Params
-from robench.specs import AttackSpec
-
-
-class InnerAttackParams(Params):
-    """Parameters shared by defenses that train on attacked examples."""
-
-    attack: AttackSpec
-    eps_warmup: float = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="fraction of training over which the attack's ε ramps up linearly from 0 "
-        "(helps small models that stall at chance under a full budget from the start)",
-    )
+from robench.defenses.bases import InnerAttackParams
 
 
 class InnerAttack:

@@ -10,10 +10,11 @@ from torch import nn
 from robench.attack import craft
 from robench.dataset import Data
 from robench.defense import Defense, TrainContext
-from robench.defenses._inner import InnerAttack, InnerAttackParams
+from robench.defenses._inner import InnerAttack
+from robench.defenses.bases import AdversarialBase, InnerAttackParams
 
 
-class AdversarialTraining(Defense):
+class AdversarialTraining(AdversarialBase, Defense):
     """Adversarial training (Madry et al. 2018): minimise the loss on attacked examples only.
 
     The inner attack is any registered attack, e.g. PGD-AT::
@@ -30,12 +31,9 @@ class AdversarialTraining(Defense):
     eval mode and without weight gradients (the attack contract), then the model trains on them.
     """
 
-    name = "adversarial"
-
     example_params: ClassVar[dict[str, Any]] = {"attack": {"name": "fgsm", "eps": 0.1}}
 
-    class Params(InnerAttackParams):
-        pass
+    params: AdversarialBase.Params
 
     def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
         return train_adversarially(model, train, ctx, self.params)

@@ -20,16 +20,13 @@ import pickle
 from pathlib import Path
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from robench.dataset import Data
 from robench.defense import Defense, TrainContext
+from robench.defenses.bases import WRAPPER_KEYS, CheckpointBase
 from robench.errors import ConfigError, error_line
-from robench.plugin import Params, benchmark_path
 
-#: where a training script commonly keeps the state_dict inside a saved dict
-WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 #: keys named in a one-line error at most
 SHOWN = 3
 
@@ -112,35 +109,12 @@ def load_weights(model: nn.Module, weights: dict[str, torch.Tensor], path: Path)
     model.load_state_dict(weights, strict=True)
 
 
-class Checkpoint(Defense):
+class Checkpoint(CheckpointBase, Defense):
     """A model trained elsewhere: weights from a .safetensors or PyTorch state_dict file."""
 
-    name = "checkpoint"
-    trains = False
     example_params = {"path": "model.safetensors"}  # noqa: RUF012
 
-    class Params(Params):
-        path: Path = Field(
-            description="the weights: .safetensors, or a state_dict saved with torch.save "
-            "(relative: to the benchmark file)"
-        )
-        key: str | None = Field(
-            None,
-            description="the entry of a saved dict that holds the state_dict (default: the "
-            f"file itself, or the first of {', '.join(WRAPPER_KEYS)} it has)",
-        )
-
-        @field_validator("path", mode="after")
-        @classmethod
-        def _resolve(cls, path: Path, info: ValidationInfo) -> Path:
-            path = benchmark_path(path, info)
-            if not path.is_file():
-                what = "is a folder, not a file" if path.is_dir() else "not found"
-                raise ValueError(
-                    f"checkpoint file {what}: {path} (a relative path is taken from the "
-                    "benchmark file's folder)"
-                )
-            return path
+    params: CheckpointBase.Params
 
     def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
         path = self.params.path

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-from pydantic import Field
-
-from robench.defenses._preset import AdversarialPreset, PresetParams
+from robench.defenses._preset import AdversarialPreset
+from robench.defenses.bases import FastATBase
 from robench.specs import AttackSpec
 
 
-class FastAT(AdversarialPreset):
+class FastAT(FastATBase, AdversarialPreset):
     """Fast AT (Wong et al. 2020): FGSM from a random start, step 1.25·ε, cyclic learning rate.
 
     Each batch is attacked with FGSM-RS: a uniform random point of the ε-ball, then one
@@ -30,18 +27,7 @@ class FastAT(AdversarialPreset):
     rel_step = 1.25 }`` and ``schedule = "cyclic"``.
     """
 
-    name = "fast-at"
-    training_defaults: ClassVar[dict[str, Any]] = {"schedule": "cyclic"}
-
-    class Params(PresetParams):
-        rel_step: float = Field(
-            1.25,
-            gt=0,
-            allow_inf_nan=False,
-            description="the FGSM step α as a multiple of ε (Wong et al.: 1.25)",
-        )
-
-    params: Params
+    params: FastATBase.Params
 
     def attack_spec(self) -> AttackSpec:
         p = self.params

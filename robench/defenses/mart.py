@@ -8,12 +8,11 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from robench.dataset import Data
 from robench.defense import Defense, TrainContext
-from robench.defenses._preset import StepParams
+from robench.defenses.bases import MARTBase
 from robench.defenses.trades import EpsRamp, MakeLoss, ascend
 from robench.threat import ThreatModel
 
@@ -61,7 +60,7 @@ def mart_loss(
     return bce + beta * (kl * weight).mean()
 
 
-class MART(Defense):
+class MART(MARTBase, Defense):
     """MART (Wang et al. 2020): BCE(f(x_adv), y) + β·KL(f(x) ‖ f(x_adv))·(1 − f_y(x)).
 
     Per batch, x_adv comes from PGD on the cross-entropy — from x + 0.001·N(0, I), ``steps``
@@ -100,19 +99,9 @@ class MART(Defense):
                      weight_decay = 5e-4, schedule = "cosine", augment = "crop-flip" }
     """
 
-    name = "mart"
-
     example_params: ClassVar[dict[str, Any]] = {"eps": 0.1, "steps": 3}
 
-    class Params(StepParams):
-        beta: float = Field(
-            5.0,
-            ge=0,
-            allow_inf_nan=False,
-            description="weight β of the misclassification-weighted KL term (the paper's λ)",
-        )
-
-    params: Params
+    params: MARTBase.Params
 
     def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
         p = self.params

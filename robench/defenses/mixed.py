@@ -6,16 +6,16 @@ import math
 from typing import Any, ClassVar
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from robench.attack import craft
 from robench.dataset import Data
 from robench.defense import Defense, TrainContext
-from robench.defenses._inner import InnerAttack, InnerAttackParams
+from robench.defenses._inner import InnerAttack
+from robench.defenses.bases import MixedBase
 
 
-class MixedTraining(Defense):
+class MixedTraining(MixedBase, Defense):
     """Clean + adversarial loss with explicit weights (CIFAR-tutorial, NSL and batch-replace forms).
 
     Per batch of m examples, adversarial examples are crafted for the first k = ⌈adv_fraction·m⌉
@@ -37,30 +37,9 @@ class MixedTraining(Defense):
     - ``clean_weight = 0, adv_weight = 1`` is plain adversarial training (``adversarial``).
     """
 
-    name = "mixed"
-
     example_params: ClassVar[dict[str, Any]] = {"attack": {"name": "fgsm", "eps": 0.1}}
 
-    class Params(InnerAttackParams):
-        clean_weight: float = Field(0.5, ge=0, description="weight of the clean loss")
-        adv_weight: float = Field(0.5, ge=0, description="weight of the adversarial loss")
-        adv_fraction: float = Field(
-            1.0, gt=0, le=1, description="fraction of each batch that gets adversarial examples"
-        )
-        replace: bool = Field(
-            False, description="adversarial examples replace their clean counterparts"
-        )
-
-        @model_validator(mode="after")
-        def _check(self):
-            if self.clean_weight + self.adv_weight <= 0:
-                raise ValueError("clean_weight + adv_weight must be > 0")
-            if self.replace and self.adv_fraction == 1.0 and self.clean_weight > 0:
-                raise ValueError(
-                    "replace = true with adv_fraction = 1 leaves no clean examples; "
-                    "set clean_weight = 0 or adv_fraction < 1"
-                )
-            return self
+    params: MixedBase.Params
 
     def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
         p = self.params

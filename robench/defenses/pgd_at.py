@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from robench.defenses._preset import AdversarialPreset, StepParams
+from robench.defenses._preset import AdversarialPreset
+from robench.defenses.bases import PGDATBase
 from robench.specs import AttackSpec
 
 
-class PGDAT(AdversarialPreset):
+class PGDAT(PGDATBase, AdversarialPreset):
     """PGD-AT (Madry et al. 2018): PGD-k from a random start, step 2.5·ε/k unless given.
 
     Each batch is attacked with ``steps`` projected gradient steps from a uniform random point
@@ -24,12 +25,7 @@ class PGDAT(AdversarialPreset):
     The same as ``adversarial`` with ``attack = { name = "pgd", eps = …, steps = 10 }``.
     """
 
-    name = "pgd-at"
-
-    class Params(StepParams):
-        pass
-
-    params: Params
+    params: PGDATBase.Params
 
     def attack_spec(self) -> AttackSpec:
         p = self.params

@@ -8,14 +8,13 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from robench.attack import attack_mode
 from robench.attacks._common import Ball
 from robench.dataset import Data
 from robench.defense import Defense, TrainContext
-from robench.defenses._preset import StepParams
+from robench.defenses.bases import TRADESBase
 from robench.threat import ThreatModel
 
 #: The standard deviation of the Gaussian start of the inner attack (both papers' code: 0.001).
@@ -123,7 +122,7 @@ def trades_loss(
     return cross_entropy(logits, y) + beta * robust
 
 
-class TRADES(Defense):
+class TRADES(TRADESBase, Defense):
     """TRADES (Zhang et al. 2019): CE(f(x), y) + β·KL(f(x) ‖ f(x_adv)), x_adv maximising the KL.
 
     Per batch, the inner attack looks for the point x_adv of the ε-ball (∩ the bounds) whose
@@ -168,20 +167,9 @@ class TRADES(Defense):
                      weight_decay = 5e-4, schedule = "cosine", augment = "crop-flip" }
     """
 
-    name = "trades"
-
     example_params: ClassVar[dict[str, Any]] = {"eps": 0.1, "steps": 3}
 
-    class Params(StepParams):
-        beta: float = Field(
-            6.0,
-            ge=0,
-            allow_inf_nan=False,
-            description="weight β of the KL term (1/λ in the paper; larger: more robust, less "
-            "accurate)",
-        )
-
-    params: Params
+    params: TRADESBase.Params
 
     def fit(self, model: nn.Module, train: Data, ctx: TrainContext) -> nn.Module:
         p = self.params

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import nn
 
 from robench.dataset import DatasetInfo
 from robench.model import Model, input_layers
-from robench.plugin import Params
+from robench.models.bases import CifarCNNBase
 
 
-class CifarCNN(Model):
+class CifarCNN(CifarCNNBase, Model):
     """Two-conv CIFAR CNN with dropout from the PyTorch FGSM tutorial (3×32×32 inputs)."""
-
-    name = "cifar-cnn"
-    input_shapes = ((3, 32, 32),)
-
-    class Params(Params):
-        normalize: bool = Field(True, description="standardise inputs with the dataset's mean/std")
 
     def build(self, info: DatasetInfo) -> nn.Module:
         return nn.Sequential(

@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field
 from torch import nn
 
 from robench.dataset import DatasetInfo
 from robench.model import Model, input_layers
-from robench.plugin import Params
+from robench.models.bases import MnistCNNBase
 
 
-class MnistCNN(Model):
+class MnistCNN(MnistCNNBase, Model):
     """Three-conv MNIST CNN of the TensorFlow NSL tutorial (93,322 parameters, 1×28×28 inputs)."""
-
-    name = "mnist-cnn"
-    input_shapes = ((1, 28, 28),)
-
-    class Params(Params):
-        normalize: bool = Field(True, description="standardise inputs with the dataset's mean/std")
 
     def build(self, info: DatasetInfo) -> nn.Module:
         # Keras: Conv2D(32, 3, relu) → MaxPool(2) → Conv2D(64, 3, relu) → MaxPool(2)

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 from torch import nn
 
 from robench.dataset import DatasetInfo
-from robench.errors import ConfigError
 from robench.model import Model, input_layers
-from robench.plugin import Params
+from robench.models.bases import PreActResNet18Base
 
 
 class PreActBlock(nn.Module):
@@ -65,22 +63,8 @@ class PreActResNet(nn.Module):
         return self.linear(torch.flatten(self.pool(out), 1))
 
 
-class PreActResNet18(Model):
+class PreActResNet18(PreActResNet18Base, Model):
     """PreAct ResNet-18 (11.2M parameters) for 3-channel images of at least 16×16, e.g. CIFAR-10."""
-
-    name = "preact-resnet18"
-
-    class Params(Params):
-        normalize: bool = Field(True, description="standardise inputs with the dataset's mean/std")
-
-    def check(self, info: DatasetInfo) -> None:
-        c, h, w = info.shape
-        if c != 3 or h < 16 or w < 16:
-            got = "×".join(map(str, info.shape))
-            raise ConfigError(
-                f"model {self.name!r} takes 3-channel images of at least 16×16, but dataset "
-                f"{info.name!r} has {got}"
-            )
 
     def build(self, info: DatasetInfo) -> nn.Module:
         net = PreActResNet((2, 2, 2, 2), info.num_classes, in_channels=info.shape[0])

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field
 from torch import nn
 
 from robench.dataset import DatasetInfo
-from robench.errors import ConfigError
 from robench.model import Model, input_layers
-from robench.plugin import Params
-
-PosInt = Annotated[int, Field(ge=1)]
+from robench.models.bases import MLPBase, SmallCNNBase
 
 
-class SmallCNN(Model):
+class SmallCNN(SmallCNNBase, Model):
     """Two-layer CNN for small images (any C×H×W with H, W ≥ 4); trains in seconds on CPU."""
 
-    name = "small-cnn"
-
-    class Params(Params):
-        channels: tuple[PosInt, PosInt] = Field(
-            (16, 32), description="output channels of the two 3×3 convolutions"
-        )
-        hidden: PosInt = Field(64, description="width of the hidden fully connected layer")
-        normalize: bool = Field(True, description="standardise inputs with the dataset's mean/std")
-
-    def check(self, info: DatasetInfo) -> None:
-        _, h, w = info.shape
-        if h < 4 or w < 4:
-            got = "×".join(map(str, info.shape))
-            raise ConfigError(
-                f"model {self.name!r} needs images of at least 4×4, but dataset {info.name!r} "
-                f"has {got}"
-            )
+    params: SmallCNNBase.Params
 
     def build(self, info: DatasetInfo) -> nn.Module:
         p = self.params
@@ -54,16 +32,10 @@ class SmallCNN(Model):
         )
 
 
-class MLP(Model):
+class MLP(MLPBase, Model):
     """Multilayer perceptron on flattened pixels (any input shape)."""
 
-    name = "mlp"
-
-    class Params(Params):
-        hidden: tuple[PosInt, ...] = Field(
-            (128,), description="widths of the hidden layers, each followed by a ReLU"
-        )
-        normalize: bool = Field(True, description="standardise inputs with the dataset's mean/std")
+    params: MLPBase.Params
 
     def build(self, info: DatasetInfo) -> nn.Module:
         p = self.params
