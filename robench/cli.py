@@ -261,6 +261,7 @@ def validate(
             data_root=data_root,
             overrides=overrides,
             only={"defenses": _labels(only_defenses), "attacks": _labels(only_attacks)},
+            build=False,  # the built-ins' torch-free bases: validate imports no torch
         )
     except (ConfigError, PluginError) as exc:
         _report_failures(registry, "Warning", mentioned=str(exc))

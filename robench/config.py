@@ -47,15 +47,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from robench.checks import SANITY_PREFIX
-from robench.dataset import unwritable_dir
+from robench.bases import unwritable_dir
 from robench.errors import ConfigError
 from robench.overrides import apply as apply_overrides
 from robench.overrides import keep as keep_entries
 from robench.plugin import Params
 from robench.registry import Entry, Registry, get_registry, unknown_name_message
-from robench.schema import BenchmarkFile, EvaluationConfig, ExecutionConfig
-from robench.training import TrainingConfig
+from robench.schema import SANITY_PREFIX, BenchmarkFile, EvaluationConfig, ExecutionConfig
+from robench.training_config import TrainingConfig
 from robench.validation import (
     Validator,
     check_no_bool_numbers,
@@ -210,6 +209,7 @@ def load_benchmark(
     check_data: bool = True,
     overrides: Sequence[str] = (),
     only: dict[str, Sequence[str]] | None = None,
+    build: bool = True,
 ) -> Benchmark:
     """Parse and validate a benchmark (a TOML path or a dict) completely.
 
@@ -219,6 +219,11 @@ def load_benchmark(
     :mod:`robench.overrides`) are set on the file's tables first; errors then name the source
     as ``FILE (with --set)``. ``only`` (``{"defenses": [labels], "attacks": [labels]}``) keeps
     just those entries of the file (:func:`robench.overrides.keep`), before the overrides.
+
+    ``build=False`` (``robench validate``) checks the same without importing the built-in
+    plugins, nor torch: their entries hold their torch-free bases
+    (:meth:`~robench.registry.Registry.get_base`), so the Benchmark returned can be described,
+    not run.
     """
     registry = registry or get_registry()
     if isinstance(config, dict):
@@ -250,7 +255,7 @@ def load_benchmark(
                 field=table,
                 source=source,
             )
-    v = Validator(registry, source, base_dir)
+    v = Validator(registry, source, base_dir, build)
 
     dataset_entry = v.entry("dataset", f.dataset.name, "dataset")
     dataset = PluginUse(dataset_entry, v.params(dataset_entry, f.dataset.params(), "dataset"))

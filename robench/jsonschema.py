@@ -3,7 +3,7 @@ TOML from a schema (e.g. Taplo / Even Better TOML, with a ``#:schema`` directive
 association in its settings).
 
 Built from the same pydantic models that validate a file (:mod:`robench.schema`,
-:class:`robench.training.TrainingConfig`) and from each registered plugin's ``Params``: a
+:class:`robench.training_config.TrainingConfig`) and from each registered plugin's ``Params``: a
 ``[dataset]``, ``[model]``, ``[[defenses]]`` or ``[[attacks]]`` table is one of the registered
 plugins of its kind, selected by its ``name``, with that plugin's parameters beside robench's
 own keys (``label``, ``seeds``, ``eps``, ...). The schema describes; :func:`robench.config.
@@ -20,7 +20,7 @@ from pydantic.json_schema import models_json_schema
 
 from robench.registry import Kind, Registry
 from robench.schema import AttackTable, BenchmarkFile, DefenseTable, PluginTable
-from robench.training import TrainingConfig
+from robench.training_config import TrainingConfig
 
 SCHEMA_URI = "https://json-schema.org/draft/2020-12/schema"
 #: the keys robench reads in each kind's table, besides the plugin's parameters

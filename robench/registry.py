@@ -54,6 +54,9 @@ _BASES: dict[Kind, tuple[str, str]] = {
 }
 #: The modules holding the built-in plugins.
 BUILTINS = ("robench.datasets", "robench.models", "robench.defenses", "robench.attacks")
+#: Each built-in plugin's module of torch-free base classes (:mod:`robench.bases`), whose
+#: ``BASES`` maps a name to the class that the registered one extends.
+_BUILTIN_BASES = {module: f"{module}.bases" for module in BUILTINS}
 _EXCLUSIONS = "robench_register_exclusions"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
@@ -176,6 +179,24 @@ class Registry:
                     f"; {f.source} failed to load and might have provided it: {f.reason} ({f.hint})"
                 )
             raise ConfigError(message) from None
+
+    def get_base(self, kind: Kind, name: str) -> Entry:
+        """The entry to validate ``name`` with, importing no more than validation needs.
+
+        A built-in plugin the catalogue cache lists, not imported yet, gives its torch-free base
+        class (:mod:`robench.bases`: the name, parameters and configuration checks that the
+        registered class inherits, so validating with it checks the same): the entry of
+        ``robench validate``, which then imports neither the plugin nor torch. Anything else
+        (an installed plugin, a built-in without a base, one imported already) is :meth:`get`'s
+        entry. Enough to validate a benchmark and describe it, not to run it.
+        """
+        found = self._by_kind[kind].get(name)
+        if found is not None and _is_lazy(found) and found.distribution == "robench":
+            module = _BUILTIN_BASES.get(found.plugin)
+            base = importlib.import_module(module).BASES.get(name) if module else None
+            if base is not None:
+                return Entry(kind, name, base, found.plugin, found.distribution, found.version)
+        return self.get(kind, name)
 
     def __contains__(self, item: tuple[Kind, str]) -> bool:
         kind, name = item

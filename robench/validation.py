@@ -13,7 +13,7 @@ from robench.errors import ConfigError
 from robench.plugin import Params
 from robench.registry import Entry, Kind, Registry, did_you_mean
 from robench.specs import AttackSpec
-from robench.training import TrainingConfig
+from robench.training_config import TrainingConfig
 
 
 def _loc(parts: tuple[Any, ...]) -> str:
@@ -141,14 +141,20 @@ def _dig(raw: Any, loc: tuple[Any, ...]) -> Any:
 
 
 class Validator:
-    def __init__(self, registry: Registry, source: str | None, base_dir: Path) -> None:
+    """Validates a benchmark's plugin references against ``registry``; with ``build`` False, a
+    built-in's entry is its torch-free base (:meth:`~robench.registry.Registry.get_base`)."""
+
+    def __init__(
+        self, registry: Registry, source: str | None, base_dir: Path, build: bool = True
+    ) -> None:
         self.registry = registry
         self.source = source
         self.context = {"base_dir": base_dir, "registry": registry}
+        self.get = registry.get if build else registry.get_base
 
     def entry(self, kind: Kind, name: str, where: str) -> Entry:
         try:
-            return self.registry.get(kind, name)
+            return self.get(kind, name)
         except ConfigError as exc:
             raise ConfigError(exc.detail, field=f"{where}.name", source=self.source) from None
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -30,6 +32,39 @@ def test_help_does_not_import_torch():
     code += "try:\n    main()\nexcept SystemExit:\n    pass\n"
     code += "assert 'torch' not in sys.modules and 'pandas' not in sys.modules, 'heavy import'"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+VALIDATE_PROBE = """
+import json, sys
+from robench.cli import main
+sys.argv = ["robench", "validate", "benchmarks/quickstart.toml"]
+try:
+    main()
+except SystemExit as exc:
+    status = exc.code
+heavy = [m for m in ("torch", "sklearn", "scipy", "numpy", "pandas") if m in sys.modules]
+print(json.dumps({"status": status, "heavy": heavy}))
+"""
+
+
+def test_validate_imports_neither_torch_nor_sklearn(tmp_path, monkeypatch):
+    # a new process with the catalogue cache warm (every plugin listed from it): the
+    # quickstart's built-ins validate with their torch-free bases (robench/*/bases.py)
+    from robench.registry import build_registry
+
+    monkeypatch.setenv("ROBENCH_CATALOGUE", str(tmp_path / "catalogue.json"))
+    build_registry()
+    done = subprocess.run(
+        [sys.executable, "-c", VALIDATE_PROBE],
+        cwd=Path(__file__).resolve().parents[1],
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "benchmarks/quickstart.toml: ok (" in done.stdout, done.stdout + done.stderr
+    probe = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe == {"status": 0, "heavy": []}, done.stderr
 
 
 def test_version():
