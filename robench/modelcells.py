@@ -276,10 +276,8 @@ class ModelCells:
                 run.report.trained(self.name, self.base.train_seconds)
             model = model.to(run.device).eval()
             x, y = self.ev.x.to(run.device), self.ev.y.to(run.device)
-            channels_last = run.bench.evaluation.channels_last
-            if channels_last is None:  # unset: robench decides
-                channels_last = precision.channels_last_pays(model, x)
-            channels_last = bool(channels_last) and x.dim() == 4
+            setting = run.bench.evaluation.channels_last  # None: robench decides
+            channels_last = precision.uses_channels_last(setting, model, x)
             if channels_last:
                 model.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -65,7 +65,7 @@ def fastest(evaluation, device: torch.device | str):
     - ``precision = "bf16"`` brings ``channels_last`` with it (unless the table sets it): bf16
       convolutions pay in that memory format; without it they can be slower than fp32.
 
-    ``channels_last`` left unset otherwise is decided per model by :func:`memory_format`.
+    ``channels_last`` left unset otherwise is decided per model (:func:`uses_channels_last`).
     """
     if evaluation.precision != "bf16":
         return evaluation, None
@@ -82,10 +82,10 @@ def fastest(evaluation, device: torch.device | str):
 def channels_last_pays(model: nn.Module, x: torch.Tensor) -> bool:
     """The rule for ``channels_last`` left unset: on a CPU, a model with 2-d convolutions on
     4-d images is evaluated in channels_last memory format, where oneDNN's convolutions and
-    pooling are faster (measured on a 2-core AMD EPYC, one thread, fp32: forward passes of the
-    MNIST CNN 2.3× faster, its forward-backward 1.3×; the CIFAR CNN 1.5× and 1.1×,
-    PreActResNet-18 1.2× and 1.2×). On other devices the layout stays as given (fp32 there is
-    not measured; ``precision = "bf16"`` brings channels_last with it, :func:`fastest`).
+    max-pooling are faster (``benchmarks/chunking.py --compare layout``: native attacks 1.1–1.35×
+    faster on the NSL and CIFAR CNNs, one thread of a busy 2-core AMD EPYC). On other devices
+    the layout stays as given (fp32 there is not measured; ``precision = "bf16"`` brings
+    channels_last with it, :func:`fastest`).
 
     Memory format changes the order of floating-point sums, not what is computed: outcomes
     may differ in the last bits, as with another thread count, so it is not part of a cell's
@@ -97,6 +97,13 @@ def channels_last_pays(model: nn.Module, x: torch.Tensor) -> bool:
     )
 
 
+def uses_channels_last(channels_last: bool | None, model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether an evaluation with the setting ``channels_last`` (None: unset) runs ``model`` on
+    ``x`` in channels_last memory format (4-d ``x`` only)."""
+    use = channels_last if channels_last is not None else channels_last_pays(model, x)
+    return bool(use) and x.dim() == 4
+
+
 @contextlib.contextmanager
 def memory_format(
     model: nn.Module, x: torch.Tensor, channels_last: bool | None
@@ -105,8 +112,7 @@ def memory_format(
     block gets ``x`` in it: channels_last when ``channels_last`` is True (4-d ``x`` only), the
     given layout when False, and by :func:`channels_last_pays` when None. On leaving, every
     parameter and buffer of ``model`` is back in its own layout (values are never changed)."""
-    use = channels_last if channels_last is not None else channels_last_pays(model, x)
-    if not use or x.dim() != 4:
+    if not uses_channels_last(channels_last, model, x):
         yield x
         return
     saved = [
