@@ -17,6 +17,11 @@ evaluation
     - robench bf16+cl: the same with ``precision="bf16"`` (gradients under bfloat16 autocast;
       early stops confirmed and examples scored in fp32) on a channels_last copy of the model
       and images: ``[evaluation] precision = "bf16"`` and ``channels_last = true``;
+    - robench PGD: ``evaluate(model, x, y, [PGD-20])``, PGD alone with every setting at its
+      default (what a user gets out of the box; the memory format robench's choice,
+      ``robench.precision.channels_last_pays``);
+    - robench PGD NCHW: the same with ``channels_last=False``, the layout as given (the
+      default before robench chose the layout);
     - torchattacks: ``torchattacks.PGD(model, eps, alpha, steps=20, random_start=True)`` on
       every example, then the accuracy on the adversarial examples, as a torchattacks user would;
     - torchattacks bf16+cl: the same call inside ``torch.autocast(bfloat16)`` on the
@@ -37,7 +42,13 @@ evaluation
     epoch) and an adversarially trained one (``fast-at``: FGSM-RS at ``--train-eps``, two
     epochs). The first is where early stopping pays; on the second most examples stay robust
     and every PGD step is taken, so its speed-up is the honest floor. Speed-up = tool's time /
-    robench's time (``ratio_or_speedup``: robench in fp32; ``speedup_vs_fast``: in bf16+cl).
+    robench's time (``ratio_or_speedup``: robench in fp32; ``speedup_vs_fast``: in bf16+cl;
+    ``speedup_vs_pgd_only``: robench PGD). ``--tools`` times a subset of the rows.
+
+    ``--dataset cifar10`` (the CIFAR-10 files or the mirror under the data root, ``--n`` test
+    images drawn with a fixed seed) with ``--model cifar-cnn`` (default) or
+    ``preact-resnet18`` gives the CIFAR protocol: ``--eps 0.0313725 --alpha 0.00784314
+    --steps 20`` (PGD-20, step 2/255, ε = 8/255).
 autoattack
     robench's ``autoattack`` against ``torchattacks.AutoAttack`` and ART's ``AutoAttack`` on
     the same two models and ε, on the first ``--aa-n`` images (``speed_autoattack.py`` says
@@ -136,6 +147,8 @@ from speed_autoattack import autoattack_rows
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("evaluation", "autoattack", "adapter", "training", "contract")
 FAST_ROBENCH = "robench bf16+cl"
+PGD_ONLY = "robench PGD"
+NCHW = "robench PGD NCHW"
 FAST_TA = "torchattacks bf16+cl"
 SEED = 0
 STEPS = 20
@@ -166,6 +179,8 @@ VERSIONS = (
 )
 
 Fn = Callable[[], float]
+#: the model each dataset's rows use unless --model says otherwise
+DEFAULT_MODEL = {"mnist": "mnist-cnn", "digits": "small-cnn", "cifar10": "cifar-cnn"}
 
 
 # --- data, models, training -------------------------------------------------------------------
@@ -176,7 +191,8 @@ def load_data(data_root: Path, which: str) -> tuple[str, Data, Data, DatasetInfo
     registry = get_registry()
     names = ("mnist", "digits") if which == "auto" else (which,)
     for name in names:
-        ds = registry.get("dataset", name).cls(**({"download": False} if name == "mnist" else {}))
+        offline = {"download": False} if name in ("mnist", "cifar10") else {}
+        ds = registry.get("dataset", name).cls(**offline)
         try:
             ds.check(data_root)
         except Exception as exc:
@@ -192,10 +208,16 @@ class Trainer:
     """Builds and trains the benchmark's model with robench's defenses, from a fixed seed."""
 
     def __init__(
-        self, dataset: str, train: Data, info: DatasetInfo, device: torch.device, n_train: int
+        self,
+        dataset: str,
+        train: Data,
+        info: DatasetInfo,
+        device: torch.device,
+        n_train: int,
+        model: str | None = None,
     ) -> None:
         self.registry = get_registry()
-        self.model_name = "mnist-cnn" if dataset == "mnist" else "small-cnn"
+        self.model_name = model or DEFAULT_MODEL[dataset]
         self.dataset, self.train, self.info, self.device = dataset, train, info, device
         self.n_train = min(n_train, len(train))
 
@@ -323,27 +345,40 @@ def channels_last(model: nn.Module, x: torch.Tensor) -> tuple[nn.Module, torch.T
 
 
 def robench_eval(
-    model, x, y, eps, alpha, batch, bounds, fast: bool = False, steps: int = STEPS
+    model,
+    x,
+    y,
+    eps,
+    alpha,
+    batch,
+    bounds,
+    fast: bool = False,
+    steps: int = STEPS,
+    pgd_only: bool = False,
+    layout: bool | None = None,
 ) -> Fn:
-    attacks = [
-        FGSM(ThreatModel("linf", eps, bounds)),
-        PGD(ThreatModel("linf", eps, bounds), steps=steps, step_size=alpha, random_start=True),
-    ]
+    """robench's evaluate(): by default FGSM → PGD in a cascade; ``pgd_only``: PGD alone with
+    every other setting at its default; ``layout``: evaluate()'s ``channels_last`` (None:
+    robench's choice); ``fast``: bf16 on a channels_last copy."""
+    pgd = PGD(ThreatModel("linf", eps, bounds), steps=steps, step_size=alpha, random_start=True)
+    attacks = [pgd] if pgd_only else [FGSM(ThreatModel("linf", eps, bounds)), pgd]
     precision = "bf16" if fast else "fp32"
     if fast:
         model, x = channels_last(model, x)
 
     def run() -> float:
-        # robench run with [evaluation] cascade = true, batch_size = batch (and for the fast
-        # row precision = "bf16", channels_last = true); the round's seed as the training seed
+        # robench run with [evaluation] cascade = true (unless pgd_only), batch_size = batch
+        # (and for the fast row precision = "bf16", channels_last = true); the round's seed as
+        # the training seed
         return evaluate(
             model,
             x,
             y,
             attacks,
             batch_size=batch,
-            cascade=True,
+            cascade=not pgd_only,
             precision=precision,
+            channels_last=layout,
             seed=torch.initial_seed(),
         ).robust_accuracy
 
@@ -416,11 +451,14 @@ def foolbox_eval(model, x, y, eps, alpha, batch, bounds, steps: int = STEPS) -> 
 WHAT = {
     "robench": "robench run, cascade = true: FGSM → PGD-{steps}, early stop",
     FAST_ROBENCH: "the same, bf16 gradients (fp32 verdicts), channels_last",
+    PGD_ONLY: "evaluate() with PGD-{steps} alone, every setting at its default",
+    NCHW: "the same, channels_last = false (NCHW: the default before the layout rule)",
     "torchattacks": "PGD-{steps}, random start, all examples",
     FAST_TA: "the same under bf16 autocast, channels_last (a wrapper, not an option)",
     "ART": "ProjectedGradientDescent-{steps}, 1 random init, all",
     "Foolbox": "LinfPGD-{steps}, random start, all examples",
 }
+TOOLS = tuple(WHAT)
 
 
 def what(tool: str, steps: int, device: torch.device) -> str:
@@ -442,6 +480,8 @@ def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[
     makers = {
         "robench": robench_eval,
         FAST_ROBENCH: functools.partial(robench_eval, fast=True),
+        PGD_ONLY: functools.partial(robench_eval, pgd_only=True),
+        NCHW: functools.partial(robench_eval, pgd_only=True, layout=False),
         "torchattacks": torchattacks_eval,
         FAST_TA: functools.partial(torchattacks_eval, fast=True),
         "ART": art_eval,
@@ -449,6 +489,7 @@ def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[
     }
     if not has_torchattacks:
         del makers["torchattacks"], makers[FAST_TA]
+    makers = {tool: make for tool, make in makers.items() if tool in args.tools}
     fns = {
         tool: make(model, x, y, eps, alpha, batch, bounds, steps=args.steps)
         for tool, make in makers.items()
@@ -457,7 +498,8 @@ def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[
     out = interleaved(fns, args.repeats, args.device)
     ours = {
         tool: (out[tool][0], 100 * statistics.fmean(out[tool][1]))
-        for tool in ("robench", FAST_ROBENCH)
+        for tool in ("robench", FAST_ROBENCH, PGD_ONLY)
+        if tool in out
     }
     rows = []
     for tool, (seconds, accs) in out.items():
@@ -474,8 +516,9 @@ def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[
             "robust_accuracy": acc,
             "robust_accuracy_sd": 100 * statistics.stdev(accs) if len(accs) > 1 else None,
             "clean_accuracy": clean,
-            "ratio_or_speedup": seconds / ours["robench"][0],
-            "speedup_vs_fast": seconds / ours[FAST_ROBENCH][0],
+            "ratio_or_speedup": seconds / ours["robench"][0] if "robench" in ours else None,
+            "speedup_vs_fast": seconds / ours[FAST_ROBENCH][0] if FAST_ROBENCH in ours else None,
+            "speedup_vs_pgd_only": seconds / ours[PGD_ONLY][0] if PGD_ONLY in ours else None,
         }
         if tool in SPEEDUP_TARGET:
             need = SPEEDUP_TARGET[tool]
@@ -485,7 +528,7 @@ def evaluation_rows(label, model, x, y, args, bounds, has_torchattacks) -> list[
                 for ours_s, ours_acc in ours.values()
             ]
             row |= {
-                "target": f"robench (fp32 or bf16) {faster} {tool} at ≤ its robust accuracy",
+                "target": f"robench (any of its rows) {faster} {tool} at ≤ its robust accuracy",
                 "target_met": _yes(any(met)),
             }
         rows.append(row)
@@ -746,7 +789,15 @@ def _has_torchattacks() -> bool:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-root", type=Path, default=default_data_root())
-    ap.add_argument("--dataset", choices=("auto", "mnist", "digits"), default="auto")
+    ap.add_argument("--dataset", choices=("auto", "mnist", "digits", "cifar10"), default="auto")
+    ap.add_argument(
+        "--model", default=None, help="model (default: mnist-cnn, small-cnn, cifar-cnn)"
+    )
+    ap.add_argument(
+        "--tools",
+        default=",".join(TOOLS),
+        help="evaluation section: the rows to time (comma-separated)",
+    )
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     ap.add_argument("--n", type=int, default=1000, help="test images to evaluate on")
     ap.add_argument("--eps", type=float, default=0.1, help="L∞ budget")
@@ -771,6 +822,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("-o", "--output", type=Path, default=REPO / "results" / "speed.csv")
     args = ap.parse_args(argv)
     args.sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    args.tools = [t.strip() for t in args.tools.split(",") if t.strip()]
+    if set(args.tools) - set(TOOLS):
+        ap.error(f"unknown tools {sorted(set(args.tools) - set(TOOLS))}; choose from {TOOLS}")
     unknown = set(args.sections) - set(SECTIONS)
     if unknown:
         ap.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
@@ -796,6 +850,7 @@ COLUMNS = [
     "clean_accuracy",
     "ratio_or_speedup",
     "speedup_vs_fast",
+    "speedup_vs_pgd_only",
     "overhead_pct",
     "images_per_s",
     "target",
@@ -823,8 +878,12 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     args = parse_args(argv)
     device = args.device
     dataset, train, test, info = load_data(args.data_root, args.dataset)
-    trainer = Trainer(dataset, train, info, device, args.train_examples)
-    x, y = test.x[: args.n].to(device), test.y[: args.n].to(device)
+    trainer = Trainer(dataset, train, info, device, args.train_examples, args.model)
+    if dataset == "cifar10":  # the mirror's test split is ordered by class: a seeded draw
+        idx = torch.randperm(len(test.y), generator=torch.Generator().manual_seed(SEED))
+        x, y = test.x[idx[: args.n]].to(device), test.y[idx[: args.n]].to(device)
+    else:  # the first images, as the published protocols take them
+        x, y = test.x[: args.n].to(device), test.y[: args.n].to(device)
     where = provenance.device_label(device)
     print(f"{dataset}: {len(y)} test images, {trainer.n_train} training images; {where}")
 
@@ -869,6 +928,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
             "clean_accuracy": 1,
             "ratio_or_speedup": 2,
             "speedup_vs_fast": 2,
+            "speedup_vs_pgd_only": 2,
             "overhead_pct": 2,
             "images_per_s": 0,
         }

@@ -98,14 +98,11 @@ class CellKeys:
             "bounds": list(bounds),
             "evaluation": evaluation.model_dump(
                 mode="json",
-                include={
-                    "batch_size",
-                    "precision",
-                    "channels_last",
-                    "attack_misclassified",
-                    "cascade",
-                },
-            ),
+                include={"batch_size", "precision", "attack_misclassified", "cascade"},
+            )
+            # the layout as the table set it (unset: false, as before robench decided it):
+            # robench's own choice (precision.channels_last_pays) only reorders float sums
+            | {"channels_last": bool(evaluation.channels_last)},
             "versions": {"robench": robench.__version__, "torch": torch.__version__},
         }
 

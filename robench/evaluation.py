@@ -12,7 +12,7 @@ from torch import nn
 
 from robench.attack import Attack
 from robench.model import model_device_dtype
-from robench.precision import Precision, fastest
+from robench.precision import Precision, fastest, memory_format
 from robench.reproducibility import cell_seed
 from robench.schema import EvaluationConfig
 from robench.scoring import AttackOutcome, Cell, Scorer, attack_outcome, cascade_cost, predict
@@ -84,6 +84,7 @@ def evaluate(
     cascade: bool = _DEFAULTS.cascade,
     attack_misclassified: bool = _DEFAULTS.attack_misclassified,
     precision: Precision = _DEFAULTS.precision,
+    channels_last: bool | None = None,
     seed: int = 0,
     defense: str = "",
 ) -> Evaluation:
@@ -106,8 +107,11 @@ def evaluate(
       (:mod:`robench.precision`); every example is still scored in the model's own precision.
       On a device without native bfloat16 (emulated bf16 is slower) it runs in fp32, with a
       RuntimeWarning saying so.
-      For a convolutional model, ``model.to(memory_format=torch.channels_last)`` and the same
-      for ``x`` often help as much again (``channels_last = true``);
+    - ``channels_last`` (default None: robench decides, :func:`robench.precision.
+      channels_last_pays`: on a CPU, convolutional models on 4-d images; with bf16, always):
+      the evaluation runs the model and ``x`` in channels_last memory format, and leaves the
+      model's parameters and buffers in their own layout afterwards; False keeps the layout
+      given;
     - minimisation attacks run once at ε = ∞ and are projected into each budget's ball.
 
     Before each attack the global generators (Python's, NumPy's, torch's) are seeded with
@@ -121,12 +125,17 @@ def evaluate(
         cascade=cascade,
         attack_misclassified=attack_misclassified,
         precision=precision,
-        channels_last=False,  # the caller's model and x keep their memory format
+        channels_last=channels_last,
     )
     evaluation, changed = fastest(evaluation, model_device_dtype(model, x)[0])
     if changed:
         warnings.warn(f"evaluate: {changed}", RuntimeWarning, stacklevel=2)
-    scorer = Scorer(evaluation, model, x, y, _cells(attacks, seed, defense))
+    with memory_format(model, x, evaluation.channels_last) as x:
+        return _scored(Scorer(evaluation, model, x, y, _cells(attacks, seed, defense)))
+
+
+def _scored(scorer: Scorer) -> Evaluation:
+    """Every cell of ``scorer``, in its order."""
     robust = scorer.clean
     outcomes: dict[tuple[str, str, float], AttackOutcome] = {}
     per_attack: dict[str, torch.Tensor] = {}

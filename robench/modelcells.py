@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from robench import provenance, store
+from robench import precision, provenance, store
 from robench.advexamples import KEEP, ExampleLog
 from robench.cellkeys import loaded_model_key
 from robench.cellstore import Measured, StoredCell
@@ -276,9 +276,12 @@ class ModelCells:
                 run.report.trained(self.name, self.base.train_seconds)
             model = model.to(run.device).eval()
             x, y = self.ev.x.to(run.device), self.ev.y.to(run.device)
-            if run.bench.evaluation.channels_last and x.dim() == 4:
+            setting = run.bench.evaluation.channels_last  # None: robench decides
+            channels_last = precision.uses_channels_last(setting, model, x)
+            if channels_last:
                 model.to(memory_format=torch.channels_last)
                 x = x.contiguous(memory_format=torch.channels_last)
+            run.memory_formats[self.name] = "channels_last" if channels_last else "contiguous"
         except Exception as exc:
             self.model_failed = error_line(exc)
             raise

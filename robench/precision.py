@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 
 import torch
+from torch import nn
 
 from robench.specs import Precision  # ``fp32``: the model's own precision; ``bf16``: autocast
 
@@ -61,6 +62,8 @@ def fastest(evaluation, device: torch.device | str):
       slower than fp32, and the outcome of an fp32 run is at least as strong;
     - ``precision = "bf16"`` brings ``channels_last`` with it (unless the table sets it): bf16
       convolutions pay in that memory format; without it they can be slower than fp32.
+
+    ``channels_last`` left unset otherwise is decided per model (:func:`uses_channels_last`).
     """
     if evaluation.precision != "bf16":
         return evaluation, None
@@ -68,10 +71,68 @@ def fastest(evaluation, device: torch.device | str):
         used = evaluation.model_copy(update={"precision": "fp32"})
         kind = torch.device(device).type
         return used, f"precision 'bf16' asked, fp32 used: no native bfloat16 on this {kind}"
-    if "channels_last" not in evaluation.model_fields_set and not evaluation.channels_last:
+    if evaluation.channels_last is None:
         used = evaluation.model_copy(update={"channels_last": True})
         return used, "precision 'bf16' with channels_last (the table left it unset)"
     return evaluation, None
+
+
+def channels_last_pays(model: nn.Module, x: torch.Tensor) -> bool:
+    """The rule for ``channels_last`` left unset: on a CPU, a model with 2-d convolutions on
+    4-d images is evaluated in channels_last memory format, where oneDNN's convolutions and
+    max-pooling are faster (``benchmarks/chunking.py --compare layout``: native attacks 1.1–1.35×
+    faster on the NSL and CIFAR CNNs, one thread of a busy 2-core AMD EPYC). On other devices
+    the layout stays as given (fp32 there is not measured; ``precision = "bf16"`` brings
+    channels_last with it, :func:`fastest`).
+
+    Memory format changes the order of floating-point sums, not what is computed: outcomes
+    may differ in the last bits, as with another thread count, so it is not part of a cell's
+    key; the provenance records the layout each model was evaluated in."""
+    return (
+        x.dim() == 4
+        and x.device.type == "cpu"
+        and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    )
+
+
+def uses_channels_last(channels_last: bool | None, model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether an evaluation with the setting ``channels_last`` (None: unset) runs ``model`` on
+    ``x`` in channels_last memory format (4-d ``x`` only)."""
+    use = channels_last if channels_last is not None else channels_last_pays(model, x)
+    return bool(use) and x.dim() == 4
+
+
+@contextlib.contextmanager
+def memory_format(
+    model: nn.Module, x: torch.Tensor, channels_last: bool | None
+) -> Iterator[torch.Tensor]:
+    """Inside the block, ``model`` is in the memory format the evaluation runs in, and the
+    block gets ``x`` in it: channels_last when ``channels_last`` is True (4-d ``x`` only), the
+    given layout when False, and by :func:`channels_last_pays` when None. On leaving, every
+    parameter and buffer of ``model`` is back in its own layout (values are never changed)."""
+    if not uses_channels_last(channels_last, model, x):
+        yield x
+        return
+    saved = [
+        (module, kind, name, t.stride())
+        for module in model.modules()
+        for kind in ("_parameters", "_buffers")
+        for name, t in getattr(module, kind).items()
+        if t is not None
+    ]
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield x.contiguous(memory_format=torch.channels_last)
+    finally:
+        for module, kind, name, stride in saved:
+            t = getattr(module, kind)[name]
+            if t.stride() != stride:
+                back = torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device)
+                back.copy_(t.detach())
+                if kind == "_parameters":
+                    t.data = back
+                else:
+                    module._buffers[name] = back
 
 
 @contextlib.contextmanager

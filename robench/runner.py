@@ -158,6 +158,9 @@ class _Run:
         #: the sanity attacks run on every defense besides the benchmark's own (robench.checks)
         self.sanity = sanity
         self.errors: list[dict[str, str]] = []
+        #: the memory format each model was evaluated in (the provenance's
+        #: ``evaluation_memory_format``; robench.precision.channels_last_pays)
+        self.memory_formats: dict[str, str] = {}
         #: what the run did with the cell store (the provenance's ``cells``)
         self.record: dict[str, Any] = {"file": str(cells.path), "reused": 0, "computed": 0}
         #: each defense's model: reused from the output folder's store, or trained and stored
@@ -352,6 +355,7 @@ def _execute(
         }
     prov["models"] = state.trained.record  # filled in as the run goes
     prov["cells"] = state.record
+    prov["evaluation_memory_format"] = state.memory_formats  # filled in as the run goes
     writer.start()  # the provenance (status "running", pid) from the start
     finished = False
     stopped: BaseException | None = None

@@ -53,10 +53,11 @@ class EvaluationConfig(BaseModel):
         "autocast (faster where bf16 is native: GPUs, AVX-512 BF16 CPUs); examples are always "
         "scored, and PGD's early stops confirmed, in the model's own precision",
     )
-    channels_last: bool = Field(
-        False,
-        description="evaluate the model and images (4-d) in channels_last memory format "
-        "(faster convolutions on GPUs and many CPUs)",
+    channels_last: bool | None = Field(
+        None,
+        description="evaluate the model and images (4-d) in channels_last memory format; "
+        "unset: robench decides (channels_last on a CPU for convolutional models, and with "
+        "precision 'bf16'; the given layout elsewhere)",
     )
 
 

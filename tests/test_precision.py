@@ -183,8 +183,8 @@ def test_bf16_without_native_support_runs_in_fp32(monkeypatch, tmp_path, trained
     assert list(runs["bf16"]["accuracy"]) == list(runs["fp32"]["accuracy"])
     assert provs["bf16"]["cells"]["computed"] == 0
     assert provs["bf16"]["evaluation_settings"] == {
-        "asked": {"precision": "bf16", "channels_last": False},
-        "used": {"precision": "fp32", "channels_last": False},
+        "asked": {"precision": "bf16", "channels_last": None},
+        "used": {"precision": "fp32", "channels_last": None},
         "why": "precision 'bf16' asked, fp32 used: no native bfloat16 on this cpu",
     }
     assert "evaluation_settings" not in provs["fp32"]
@@ -230,3 +230,53 @@ def test_evaluation_precision_is_validated(tmp_path):
     config["evaluation"]["precision"] = "fp16"
     with pytest.raises(ConfigError, match="precision"):
         robench.run(config, quiet=True)
+
+
+def _weight_layouts(model: nn.Module) -> tuple[list[bool], torch.utils.hooks.RemovableHandle]:
+    """Per forward pass of ``model``'s first convolution with several input channels (where
+    the two layouts differ), whether its weight is in channels_last memory format."""
+    seen: list[bool] = []
+    conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1)
+
+    def hook(module, inputs):
+        seen.append(not module.weight.is_contiguous())
+
+    return seen, conv.register_forward_pre_hook(hook)
+
+
+def test_a_convolutional_model_on_a_cpu_is_evaluated_in_channels_last(trained):
+    """Unset, the memory format is robench's choice: on a CPU, convolutions and pooling are
+    faster in channels_last, so evaluate() runs the model so, and hands it back in its own
+    layout with its own values; the outcomes are the given layout's (float sums reordered)."""
+    model, x, y, bounds = trained
+    before = {k: (v.clone(), v.stride()) for k, v in model.state_dict().items()}
+    attack = [PGD(ThreatModel("linf", 0.1, bounds), steps=5)]
+    seen, handle = _weight_layouts(model)
+    try:
+        fast = evaluate(model, x, y, attack)
+        assert seen and all(seen)
+        assert all(model.state_dict()[k].stride() == s for k, (_, s) in before.items())
+        assert all(torch.equal(model.state_dict()[k], v) for k, (v, _) in before.items())
+        seen.clear()
+        given = evaluate(model, x, y, attack, channels_last=False)
+        assert seen and not any(seen)
+    finally:
+        handle.remove()
+    assert torch.equal(fast.clean, given.clean)
+    assert abs(int(fast.robust.sum()) - int(given.robust.sum())) <= 1
+    assert 0 < int(given.robust.sum()) < int(given.clean.sum())  # the attack bites
+
+
+def test_the_layout_robench_chooses_keeps_the_cells_keys(tmp_path):
+    """A run with channels_last unset says in its provenance which layout each model was
+    evaluated in, and a run with channels_last = false reuses every cell of it (robench's
+    choice of layout is not part of a cell's key)."""
+    config = tiny_config(tmp_path)
+    config["evaluation"] |= {"sanity": False}
+    robench.run(config, quiet=True)
+    prov = pd.read_json(tmp_path / "out" / "results.json", typ="series")
+    assert prov["evaluation_memory_format"] == {"standard": "channels_last"}
+    config["evaluation"]["channels_last"] = False
+    robench.run(config, quiet=True)
+    prov = pd.read_json(tmp_path / "out" / "results.json", typ="series")
+    assert prov["cells"]["computed"] == 0
