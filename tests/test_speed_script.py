@@ -45,18 +45,21 @@ def test_speed_script_tiny(tmp_path: Path, one_thread) -> None:
     ev = df[df["section"] == "evaluation"]
     assert ev["model"].nunique() == 2  # undefended and adversarially trained
     has_ta = importlib.util.find_spec("torchattacks") is not None
-    tools = {"robench", "robench bf16+cl", "ART", "Foolbox"}
+    tools = {"robench", "robench bf16+cl", "robench PGD", "robench PGD NCHW", "ART", "Foolbox"}
     tools |= {"torchattacks", "torchattacks bf16+cl"} if has_ta else set()
     for _, per_model in ev.groupby("model"):
         assert set(per_model["tool"]) == tools
-        for tool in ("robench", "robench bf16+cl"):
+        for tool in ("robench", "robench bf16+cl", "robench PGD", "robench PGD NCHW"):
             ours = per_model[per_model["tool"] == tool].iloc[0]
             assert ours["robust_accuracy"] <= ours["clean_accuracy"]
-        assert (per_model[["ratio_or_speedup", "speedup_vs_fast"]] > 0).all().all()
+        ratios = ["ratio_or_speedup", "speedup_vs_fast", "speedup_vs_pgd_only"]
+        assert (per_model[ratios] > 0).all().all()
         targets = per_model.dropna(subset=["target"])
         assert set(targets["tool"]) == tools - {
             "robench",
             "robench bf16+cl",
+            "robench PGD",
+            "robench PGD NCHW",
             "torchattacks bf16+cl",
         }
 
